@@ -1,1 +1,6 @@
-int main(void) { return 0; }
+#include "fs.h"
+
+int main(int argc, char *argv[])
+{
+  return fs_main(argc, argv);
+}

@@ -1,0 +1,29 @@
+/*
+ * fs: the FUSE layer of asanafs. Paths, operations and mount options.
+ *
+ * The tree is a table (nodes.c): each row is a path pattern such as
+ * "orgs/{org}/exports/{export}/state" with the callbacks that say whether
+ * such a node exists, what its attributes are, what it lists and what it
+ * reads. Operations (ops.c) resolve a path to a row and call its callbacks,
+ * so a new kind of Asana resource is a few new rows, not new operations.
+ *
+ * What asanafs knows about Asana lives in the registry (registry.c): the
+ * workspace list and the exports created or adopted through the mount.
+ * Both are saved under the cache folder, so after a remount a complete
+ * export is found and served without any network request. Records that can
+ * change are fetched again at most once per state_ttl, however many readers
+ * ask, and final export states are never fetched again.
+ *
+ * Errors: every FUSE operation returns 0 or a negative errno. Below this
+ * layer, the client returns a result plus detail; client_error_errno() turns
+ * it into an errno here, and the detail is logged and, for `new`, shown in
+ * the file.
+ */
+#ifndef ASANAFS_FS_H
+#define ASANAFS_FS_H
+
+/* Parses the command line, mounts, serves until unmounted and returns the
+ * process exit status. */
+int fs_main(int argc, char *argv[]);
+
+#endif

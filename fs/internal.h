@@ -1,0 +1,195 @@
+/*
+ * Private to the fs module: the shared context, the registry of what
+ * asanafs knows about Asana, and the node table.
+ */
+#ifndef ASANAFS_FS_INTERNAL_H
+#define ASANAFS_FS_INTERNAL_H
+
+#define FUSE_USE_VERSION 312
+
+#include <fuse.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cache.h"
+#include "client.h"
+
+/* ---- Options ---- */
+
+struct fs_config {
+  char *api_url;
+  char *token;            /* secret: never logged, never written */
+  char *token_file;
+  char *cache_dir;        /* absolute */
+  char *cache_size_text;  /* as given, parsed into cache_size */
+  uint64_t cache_size;    /* bytes; 0 means no limit */
+  char *state_ttl_text;
+  unsigned state_ttl;     /* seconds */
+  char *timeout_text;
+  unsigned timeout;       /* seconds one API call may take, retries included */
+  int show_help;
+  int show_version;
+};
+
+/* Fills CONFIG from the command line, removing asanafs's own options from
+ * ARGS. Returns 0, or 1 after printing an error. */
+int options_parse(struct fuse_args *args, struct fs_config *config);
+
+/* Prints asanafs's own part of --help. */
+void options_print_usage(const char *program);
+
+/* Reads the token from ASANA_ACCESS_TOKEN or token_file and resolves the
+ * cache folder. Returns 0, or 1 after printing what to do. */
+int options_finish(struct fs_config *config);
+
+void options_free(struct fs_config *config);
+
+/* ---- Registry ---- */
+
+/* How current a record must be. */
+enum freshness {
+  FRESH_KNOWN,            /* what is known will do; fetch only if unknown */
+  FRESH_TTL,              /* fetch again when older than state_ttl */
+};
+
+struct workspace_view {
+  char gid[CLIENT_GID_MAX];
+  bool is_organization;
+  time_t mtime;           /* when this content was first seen */
+  char *json;             /* workspace.json content, caller frees */
+  size_t json_len;
+};
+
+struct export_view {
+  char gid[CLIENT_GID_MAX];
+  char org_gid[CLIENT_GID_MAX];
+  enum client_export_state state;
+  time_t created_time;
+  char *info;             /* info.json content, caller frees */
+  size_t info_len;
+};
+
+struct gid_list {
+  char (*gids)[CLIENT_GID_MAX];
+  size_t count;
+};
+
+struct registry;
+
+int registry_new(const char *cache_dir, struct client *client, unsigned ttl,
+                 struct registry **out, char *err, size_t err_len);
+void registry_free(struct registry *registry);
+
+/* Modification time of the workspace list (the root and orgs/). */
+time_t registry_orgs_mtime(struct registry *registry);
+
+int registry_list_workspaces(struct registry *registry, struct gid_list *out);
+
+/* Fills OUT (when not NULL) with a copy of a workspace. -ENOENT if the
+ * gid is not a workspace the token sees. */
+int registry_get_workspace(struct registry *registry, const char *gid,
+                           enum freshness freshness,
+                           struct workspace_view *out);
+
+/* Lists the exports known in an organization, newest first. */
+int registry_list_exports(struct registry *registry, const char *org,
+                          struct gid_list *out);
+
+int registry_get_export(struct registry *registry, const char *org,
+                        const char *gid, enum freshness freshness,
+                        struct export_view *out);
+
+/* Starts an export with one POST and records it. On failure ERR holds
+ * Asana's answer. */
+int registry_create_export(struct registry *registry, const char *org,
+                           char gid_out[CLIENT_GID_MAX],
+                           struct client_error *err);
+
+/* Records an export created elsewhere after checking it belongs to ORG. */
+int registry_adopt_export(struct registry *registry, const char *org,
+                          const char *gid);
+
+int registry_forget_export(struct registry *registry, const char *org,
+                           const char *gid);
+
+/* The result of the last request made through an organization's `new`. */
+void registry_set_control(struct registry *registry, const char *org,
+                          const char *text);
+int registry_get_control(struct registry *registry, const char *org,
+                         char **text, size_t *len, time_t *mtime);
+
+void workspace_view_clear(struct workspace_view *view);
+void export_view_clear(struct export_view *view);
+void gid_list_clear(struct gid_list *list);
+
+/* Returns whether S is a syntactically valid Asana gid. */
+bool gid_valid(const char *s);
+
+/* ---- Nodes ---- */
+
+struct fs_context {
+  struct fs_config *config;
+  struct client *client;
+  struct cache *cache;
+  struct registry *registry;
+  uid_t uid;
+  gid_t gid;
+};
+
+enum node_io {
+  IO_DIR,
+  IO_RENDERED,            /* small text made from a record */
+  IO_CONTROL,             /* `new`: written to start an export */
+  IO_LINK,
+  IO_CACHE,               /* export data through the cache */
+};
+
+#define NODE_PARAMS 2
+
+struct node_type;
+
+struct node {
+  const struct node_type *type;
+  char param[NODE_PARAMS][CLIENT_GID_MAX];  /* the gids in the path */
+};
+
+/* Parameter slots of the export tree. */
+enum { PARAM_ORG = 0, PARAM_EXPORT = 1 };
+
+struct node_type {
+  const char *pattern;    /* components; "{gid}" matches a gid */
+  enum node_io io;
+  enum cache_kind cache_kind;   /* for IO_CACHE */
+  /* Checks that the node exists and fills ST. */
+  int (*getattr)(struct fs_context *ctx, const struct node *node,
+                 struct stat *st);
+  /* Lists the gids that fill this row's last component under PARENT;
+   * only for rows whose last component is "{gid}". */
+  int (*enumerate)(struct fs_context *ctx, const struct node *parent,
+                   struct gid_list *out);
+  /* Makes the content of an IO_RENDERED, IO_CONTROL or IO_LINK node. */
+  int (*render)(struct fs_context *ctx, const struct node *node,
+                char **text, size_t *len, time_t *mtime);
+};
+
+/* Resolves PATH to a node. -ENOENT when no row matches. */
+int node_resolve(const char *path, struct node *out);
+
+/* Calls FN for each child name of a directory node; the stat is filled. */
+typedef int (*node_child_fn)(void *ctx, const char *name,
+                             const struct stat *st);
+int node_list_children(struct fs_context *ctx, const struct node *dir,
+                       node_child_fn fn, void *fn_ctx);
+
+/* Fills ST for NODE, including a stable inode number. */
+int node_getattr(struct fs_context *ctx, const struct node *node,
+                 struct stat *st);
+
+/* ---- Operations ---- */
+
+extern const struct fuse_operations fs_operations;
+
+#endif

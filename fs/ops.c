@@ -1,0 +1,447 @@
+/*
+ * FUSE operations. Each resolves its path through the node table and
+ * returns 0 or a negative errno. Small files (state, info.json, ...) are
+ * rendered once at open and served with direct_io, so every reader sees
+ * the content as of its open and never a stale page or size. Export data is
+ * served through the cache and kept in the kernel page cache once complete.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+/* A file handle: what one open of a file reads or writes. */
+struct open_file {
+  enum node_io io;
+  enum cache_kind kind;
+  struct cache_file *data;        /* IO_CACHE */
+  char *text;                     /* IO_RENDERED and IO_CONTROL: snapshot */
+  size_t len;
+  char org[CLIENT_GID_MAX];       /* IO_CONTROL */
+  bool wrote;                     /* IO_CONTROL: the request was made */
+  int write_result;               /* IO_CONTROL: its errno, or 0 */
+  int read_error;                 /* IO_CACHE: first failed read, or 0 */
+};
+
+static struct fs_context *context(void)
+{
+  return fuse_get_context()->private_data;
+}
+
+static struct open_file *handle(const struct fuse_file_info *fi)
+{
+  return (struct open_file *)(uintptr_t)fi->fh;
+}
+
+static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+  /* Stable inode numbers let rsync and find see the same object again.
+   * Attributes are cached for a second only, so a new state shows up
+   * promptly; a missing name is never cached, so export.json is found as
+   * soon as the export finishes. */
+  cfg->use_ino = 1;
+  cfg->entry_timeout = 1.0;
+  cfg->attr_timeout = 1.0;
+  cfg->negative_timeout = 0.0;
+  /* Lets a reader waiting for a download give up on a signal. */
+  cfg->intr = 1;
+  return context();
+}
+
+static void fs_destroy(void *private_data)
+{
+  struct fs_context *ctx = private_data;
+
+  client_shutdown(ctx->client);
+}
+
+static int fs_getattr(const char *path, struct stat *st,
+                      struct fuse_file_info *fi)
+{
+  struct node node;
+  int rc = node_resolve(path, &node);
+
+  return rc < 0 ? rc : node_getattr(context(), &node, st);
+}
+
+struct fill_state {
+  void *buf;
+  fuse_fill_dir_t filler;
+};
+
+static int fill_child(void *ctx, const char *name, const struct stat *st)
+{
+  struct fill_state *state = ctx;
+
+  return state->filler(state->buf, name, st, 0, FUSE_FILL_DIR_PLUS) ? 1 : 0;
+}
+
+static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
+                      off_t offset, struct fuse_file_info *fi,
+                      enum fuse_readdir_flags flags)
+{
+  struct fill_state state = { buf, filler };
+  struct stat st;
+  struct node node;
+  int rc = node_resolve(path, &node);
+
+  if (rc == 0)
+    rc = node_getattr(context(), &node, &st);
+  if (rc < 0)
+    return rc;
+  if (node.type->io != IO_DIR)
+    return -ENOTDIR;
+  filler(buf, ".", &st, 0, 0);
+  filler(buf, "..", NULL, 0, 0);
+  rc = node_list_children(context(), &node, fill_child, &state);
+  return rc < 0 ? rc : 0;
+}
+
+static int fs_readlink(const char *path, char *buf, size_t size)
+{
+  struct node node;
+  char *text = NULL;
+  size_t len = 0;
+  time_t mtime;
+  int rc = node_resolve(path, &node);
+
+  if (rc < 0)
+    return rc;
+  if (node.type->io != IO_LINK)
+    return -EINVAL;
+  rc = node.type->render(context(), &node, &text, &len, &mtime);
+  if (rc < 0)
+    return rc;
+  snprintf(buf, size, "%s", text);
+  free(text);
+  return 0;
+}
+
+static int open_cached(struct fs_context *ctx, const struct node *node,
+                       struct open_file *file, struct fuse_file_info *fi)
+{
+  struct cache_status status;
+  int rc = cache_open(ctx->cache, node->param[PARAM_EXPORT], &file->data);
+
+  if (rc < 0)
+    return rc;
+  file->kind = node->type->cache_kind;
+  cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
+  /* Complete data never changes, so the kernel may keep its pages from
+   * one open to the next. */
+  fi->keep_cache = status.complete;
+  return 0;
+}
+
+static int open_rendered(struct fs_context *ctx, const struct node *node,
+                         struct open_file *file, struct fuse_file_info *fi)
+{
+  time_t mtime;
+
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+    if (node->type->io != IO_CONTROL)
+      return -EACCES;
+    snprintf(file->org, sizeof(file->org), "%s", node->param[PARAM_ORG]);
+  }
+  fi->direct_io = 1;
+  return node->type->render(ctx, node, &file->text, &file->len, &mtime);
+}
+
+static void free_open_file(struct open_file *file)
+{
+  if (file->data)
+    cache_close(file->data);
+  free(file->text);
+  free(file);
+}
+
+static int fs_open(const char *path, struct fuse_file_info *fi)
+{
+  struct fs_context *ctx = context();
+  struct open_file *file = NULL;
+  struct stat st;
+  struct node node;
+  int rc = node_resolve(path, &node);
+
+  if (rc == 0)
+    rc = node_getattr(ctx, &node, &st);
+  if (rc < 0)
+    return rc;
+  if (node.type->io == IO_DIR)
+    return -EISDIR;
+  if (node.type->io == IO_CACHE && (fi->flags & O_ACCMODE) != O_RDONLY)
+    return -EACCES;
+  file = calloc(1, sizeof(*file));
+  if (!file)
+    return -ENOMEM;
+  file->io = node.type->io;
+  if (file->io == IO_CACHE)
+    rc = open_cached(ctx, &node, file, fi);
+  else
+    rc = open_rendered(ctx, &node, file, fi);
+  if (rc < 0) {
+    free_open_file(file);
+    return rc;
+  }
+  fi->fh = (uint64_t)(uintptr_t)file;
+  return 0;
+}
+
+static int fs_read(const char *path, char *buf, size_t size, off_t offset,
+                   struct fuse_file_info *fi)
+{
+  struct open_file *file = handle(fi);
+
+  if (offset < 0)
+    return -EINVAL;
+  if (file->io == IO_CACHE) {
+    ssize_t n;
+
+    /* After a failed download the kernel may hold pages of this open from
+     * that download; failing every later read of the open keeps a reader
+     * from mixing them with the next download. A new open starts clean. */
+    if (file->read_error)
+      return file->read_error;
+    n = cache_read(file->data, file->kind, buf, size, (uint64_t)offset);
+    if (n < 0 && n != -EINTR)
+      file->read_error = (int)n;
+    return (int)n;
+  }
+  if ((size_t)offset >= file->len)
+    return 0;
+  if (size > file->len - (size_t)offset)
+    size = file->len - (size_t)offset;
+  memcpy(buf, file->text + offset, size);
+  return (int)size;
+}
+
+/* Starts one export for the first non-empty write of an open of `new`,
+ * and records the answer as the file's content. */
+static int start_export(struct fs_context *ctx, struct open_file *file)
+{
+  struct client_error err = {0};
+  char gid[CLIENT_GID_MAX] = "";
+  char text[CLIENT_MESSAGE_MAX + 16];
+  int rc = registry_create_export(ctx->registry, file->org, gid, &err);
+
+  if (rc == 0)
+    snprintf(text, sizeof(text), "%s\n", gid);
+  else if (err.message[0])
+    snprintf(text, sizeof(text), "error: %s\n", err.message);
+  else
+    snprintf(text, sizeof(text), "error: %s\n", strerror(-rc));
+  registry_set_control(ctx->registry, file->org, text);
+  return rc;
+}
+
+static int fs_write(const char *path, const char *buf, size_t size,
+                    off_t offset, struct fuse_file_info *fi)
+{
+  struct open_file *file = handle(fi);
+
+  if (file->io != IO_CONTROL)
+    return -EBADF;
+  if (size == 0)
+    return 0;
+  if (!file->wrote) {
+    file->wrote = true;
+    file->write_result = start_export(context(), file);
+  }
+  return file->write_result < 0 ? file->write_result : (int)size;
+}
+
+static int fs_flush(const char *path, struct fuse_file_info *fi)
+{
+  struct open_file *file = handle(fi);
+
+  return file->io == IO_CONTROL ? file->write_result : 0;
+}
+
+static int fs_release(const char *path, struct fuse_file_info *fi)
+{
+  free_open_file(handle(fi));
+  return 0;
+}
+
+/* Returns the errno for changing what PATH names: ENOENT when it does not
+ * exist, else EACCES, since everything but `new` is read-only. */
+static int refuse_change(const char *path)
+{
+  struct stat st;
+  struct node node;
+  int rc = node_resolve(path, &node);
+
+  if (rc == 0)
+    rc = node_getattr(context(), &node, &st);
+  return rc < 0 ? rc : -EACCES;
+}
+
+static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+  struct node node;
+
+  /* `echo > new` opens with O_TRUNC; there is nothing to truncate. */
+  if (node_resolve(path, &node) == 0 && node.type->io == IO_CONTROL)
+    return refuse_change(path) == -EACCES ? 0 : -ENOENT;
+  return refuse_change(path);
+}
+
+/* Splits PATH into its parent and last name; -ENOENT for the root. */
+static int split_parent(const char *path, char *parent, size_t parent_len,
+                        const char **name)
+{
+  const char *slash = strrchr(path, '/');
+
+  if (!slash || !slash[1])
+    return -ENOENT;
+  snprintf(parent, parent_len, "%.*s", (int)(slash - path), path);
+  *name = slash + 1;
+  return 0;
+}
+
+/* Resolves the parent of PATH and reports whether it is an exports folder. */
+static bool parent_is_exports(const char *path, struct node *parent)
+{
+  char parent_path[4096];
+  const char *name;
+  struct stat st;
+
+  if (split_parent(path, parent_path, sizeof(parent_path), &name) < 0 ||
+      node_resolve(parent_path, parent) < 0 ||
+      node_getattr(context(), parent, &st) < 0)
+    return false;
+  return strcmp(parent->type->pattern, "orgs/{gid}/exports") == 0;
+}
+
+static int fs_mkdir(const char *path, mode_t mode)
+{
+  struct fs_context *ctx = context();
+  struct node parent, node;
+  const char *name = strrchr(path, '/') + 1;
+
+  if (strlen(name) > NAME_MAX)
+    return -ENAMETOOLONG;
+  if (!parent_is_exports(path, &parent))
+    return refuse_change(path) == -ENOENT ? -EACCES : -EEXIST;
+  if (!gid_valid(name)) {
+    log_warn("mkdir %s: an export folder is named by its gid, a number",
+             path);
+    return -EINVAL;
+  }
+  if (node_resolve(path, &node) < 0)
+    return -EINVAL;
+  return registry_adopt_export(ctx->registry, node.param[PARAM_ORG],
+                               node.param[PARAM_EXPORT]);
+}
+
+static int fs_rmdir(const char *path)
+{
+  struct fs_context *ctx = context();
+  struct stat st;
+  struct node node;
+  int rc = node_resolve(path, &node);
+
+  if (rc == 0)
+    rc = node_getattr(ctx, &node, &st);
+  if (rc < 0)
+    return rc;
+  if (node.type->io != IO_DIR)
+    return -ENOTDIR;
+  if (strcmp(node.type->pattern, "orgs/{gid}/exports/{gid}") != 0)
+    return -EACCES;
+  rc = registry_forget_export(ctx->registry, node.param[PARAM_ORG],
+                              node.param[PARAM_EXPORT]);
+  if (rc == 0)
+    cache_drop(ctx->cache, node.param[PARAM_EXPORT]);
+  return rc;
+}
+
+static int fs_unlink(const char *path)
+{
+  return refuse_change(path);
+}
+
+static int fs_rename(const char *from, const char *to, unsigned int flags)
+{
+  return refuse_change(from);
+}
+
+static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+  int rc = refuse_change(path);
+
+  return rc == -ENOENT ? -EACCES : -EEXIST;
+}
+
+static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+  return refuse_change(path);
+}
+
+static int fs_chown(const char *path, uid_t uid, gid_t gid,
+                    struct fuse_file_info *fi)
+{
+  return refuse_change(path);
+}
+
+static int fs_utimens(const char *path, const struct timespec tv[2],
+                      struct fuse_file_info *fi)
+{
+  struct node node;
+
+  /* `touch new` is harmless; all other times are Asana's. */
+  if (node_resolve(path, &node) == 0 && node.type->io == IO_CONTROL)
+    return refuse_change(path) == -EACCES ? 0 : -ENOENT;
+  return refuse_change(path);
+}
+
+static int fs_symlink(const char *target, const char *path)
+{
+  int rc = refuse_change(path);
+
+  return rc == -ENOENT ? -EACCES : -EEXIST;
+}
+
+static int fs_link(const char *from, const char *to)
+{
+  return -EACCES;
+}
+
+static int fs_statfs(const char *path, struct statvfs *st)
+{
+  memset(st, 0, sizeof(*st));
+  st->f_bsize = 4096;
+  st->f_frsize = 4096;
+  st->f_namemax = 255;
+  return 0;
+}
+
+const struct fuse_operations fs_operations = {
+  .init = fs_init,
+  .destroy = fs_destroy,
+  .getattr = fs_getattr,
+  .readdir = fs_readdir,
+  .readlink = fs_readlink,
+  .open = fs_open,
+  .read = fs_read,
+  .write = fs_write,
+  .flush = fs_flush,
+  .release = fs_release,
+  .truncate = fs_truncate,
+  .mkdir = fs_mkdir,
+  .rmdir = fs_rmdir,
+  .unlink = fs_unlink,
+  .rename = fs_rename,
+  .create = fs_create,
+  .chmod = fs_chmod,
+  .chown = fs_chown,
+  .utimens = fs_utimens,
+  .symlink = fs_symlink,
+  .link = fs_link,
+  .statfs = fs_statfs,
+};

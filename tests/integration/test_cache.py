@@ -1,0 +1,128 @@
+"""Streaming and the on-disk cache: early first bytes, one shared download,
+no second download after a remount, rsync, and the cache limit."""
+
+import os
+import subprocess
+import threading
+import time
+
+from harness import (ORG, MountTestCase, main, make_archive, run,
+                     sha256_file, wait_for)
+
+
+class CacheTest(MountTestCase):
+    standin_options = {"export_seconds": 1}
+
+    def setUp(self):
+        super().setUp()
+        self.archive = os.path.join(self.workdir, "org.json.gz")
+        self.size, self.sha = make_archive(self.archive, 8 * 1024 * 1024,
+                                           seed=11)
+        self.standin.set_archive(self.archive)
+
+    def finished_export(self, mount):
+        gid = self.create_export(mount)
+        self.wait_state(mount, ORG, gid, "finished")
+        return gid, mount.p("orgs", ORG, "exports", gid, "export.json")
+
+    def downloads(self, gid):
+        return self.count("DOWNLOAD /exports/%s/export.json.gz" % gid)
+
+    def test_remount_serves_from_cache(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.assertEqual(sha256_file(path), self.sha)
+        mount.stop()
+        self.standin.reset_counts()
+        mount = self.mount(name="again")
+        path = mount.p("orgs", ORG, "exports", gid, "export.json")
+        self.assertEqual(sha256_file(path), self.sha)
+        self.assertEqual(sha256_file(path + ".gz"), sha256_file(self.archive))
+        self.assertEqual(self.standin.counts(), {},
+                         "a complete entry is served with no request at all")
+
+    def test_rsync_twice_copies_nothing(self):
+        mount = self.mount()
+        self.finished_export(mount)
+        backup = os.path.join(self.workdir, "backup")
+        run(["rsync", "-a", mount.path + "/", backup + "/"], timeout=300)
+        gid = os.readlink(mount.p("orgs", ORG, "exports", "latest"))
+        self.assertEqual(sha256_file(os.path.join(
+            backup, "orgs", ORG, "exports", gid, "export.json")), self.sha)
+        second = run(["rsync", "-ai", mount.path + "/", backup + "/"],
+                     timeout=300)
+        self.assertEqual(second.stdout, "")
+        self.assertEqual(self.downloads(gid), 2, "one tail probe, one download")
+
+    def test_rsync_after_remount_copies_nothing(self):
+        mount = self.mount()
+        self.finished_export(mount)
+        backup = os.path.join(self.workdir, "backup")
+        run(["rsync", "-a", mount.path + "/", backup + "/"], timeout=300)
+        mount.stop()
+        mount = self.mount(name="again")
+        second = run(["rsync", "-ai", mount.path + "/", backup + "/"],
+                     timeout=300)
+        self.assertEqual(second.stdout, "")
+
+    def test_concurrent_readers_share_one_download(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.fault(throttle={"bytes_per_second": 4 * 1024 * 1024})
+        results = []
+
+        def read_all():
+            results.append(sha256_file(path))
+
+        threads = [threading.Thread(target=read_all) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        self.assertEqual(results, [self.sha] * 6)
+        self.assertEqual(self.downloads(gid), 2, "one tail probe, one download")
+
+    def test_head_returns_before_download_ends(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        compressed = os.path.getsize(self.archive)
+        # At this rate the whole archive takes about 20 s to arrive.
+        self.standin.fault(throttle={"bytes_per_second": compressed // 20})
+        head = run(["head", "-c", "100", path], timeout=60)
+        expected = run(["sh", "-c", "gzip -dc '%s' | head -c 100" % self.archive])
+        self.assertEqual(head.stdout, expected.stdout)
+        entry = os.path.join(mount.cache_dir, "data", gid)
+        self.assertFalse(os.path.exists(os.path.join(entry, "export.json")),
+                         "head finished before the download did")
+        self.assertTrue(os.path.exists(os.path.join(entry, "export.json.part")))
+
+    def test_cache_size_evicts_least_recently_used(self):
+        small = 3 * 1024 * 1024
+        for seed in (1, 2, 3):
+            make_archive(os.path.join(self.workdir, "a%d.gz" % seed), small,
+                         seed=seed)
+        # Room for about two entries: each is the inflated data plus its
+        # archive.
+        mount = self.mount(options=["cache_size=%d" % (small * 2 + small)])
+        gids = []
+        for seed in (1, 2, 3):
+            self.standin.set_archive(os.path.join(self.workdir, "a%d.gz" % seed))
+            gid, path = self.finished_export(mount)
+            sha256_file(path)
+            gids.append(gid)
+        data = os.path.join(mount.cache_dir, "data")
+
+        def cached(gid):
+            return os.path.exists(os.path.join(data, gid, "export.json"))
+
+        self.assertFalse(cached(gids[0]), "the least recently used is evicted")
+        # The last reader may get its bytes before the download thread has
+        # moved the finished files into place.
+        wait_for(lambda: cached(gids[2]), 10, what="the newest entry cached")
+        used = sum(os.path.getsize(os.path.join(root, name))
+                   for root, _, names in os.walk(data) for name in names)
+        self.assertLessEqual(used, small * 3 + 64 * 1024)
+
+
+if __name__ == "__main__":
+    main()

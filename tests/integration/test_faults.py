@@ -1,0 +1,185 @@
+"""What the stand-in can break: rate limits, server errors, dropped and
+expired downloads, corrupt archives, and refused requests."""
+
+import errno
+import os
+import subprocess
+
+from harness import ORG, MountTestCase, main, make_archive, run, sha256_file
+
+
+class FaultTest(MountTestCase):
+    standin_options = {"export_seconds": 1}
+
+    def setUp(self):
+        super().setUp()
+        self.archive = os.path.join(self.workdir, "org.json.gz")
+        self.size, self.sha = make_archive(self.archive, 4 * 1024 * 1024,
+                                           seed=5)
+        self.standin.set_archive(self.archive)
+
+    def finished_export(self, mount):
+        gid = self.create_export(mount)
+        self.wait_state(mount, ORG, gid, "finished")
+        path = mount.p("orgs", ORG, "exports", gid, "export.json")
+        os.stat(path)
+        return gid, path
+
+    def test_429_waits_and_retries(self):
+        self.standin.fault(api_status={"status": 429, "retry_after": 1,
+                                       "prefix": "GET /workspaces",
+                                       "count": 2})
+        mount = self.mount()
+        self.assertIn(ORG, os.listdir(mount.p("orgs")))
+        self.assertEqual(self.count("GET /workspaces"), 3)
+        self.assertIn("429", mount.log())
+
+    def test_5xx_retried(self):
+        mount = self.mount()
+        for status in (500, 502, 503, 504):
+            self.standin.reset_counts()
+            self.standin.fault(api_status={"status": status,
+                                           "prefix": "POST /organization_exports",
+                                           "count": 1})
+            new = mount.p("orgs", ORG, "exports", "new")
+            result = run(["sh", "-c", "echo > '%s'" % new], check=False)
+            # A POST is not retried after the server saw it, so one
+            # export at most is created per write.
+            self.assertNotEqual(result.returncode, 0, status)
+            self.assertEqual(self.count("POST /organization_exports"), 1)
+            self.assertIn(str(status), open(new).read())
+        self.standin.reset_counts()
+        self.standin.fault(api_status={"status": 503, "prefix": "GET /workspaces",
+                                       "count": 2})
+        mount.stop()
+        mount = self.mount(name="again", options=["state_ttl=0"])
+        self.assertIn(ORG, os.listdir(mount.p("orgs")))
+        self.assertEqual(self.count("GET /workspaces"), 3)
+
+    def test_post_429_retried_once_created(self):
+        self.standin.fault(api_status={"status": 429, "retry_after": 1,
+                                       "prefix": "POST /organization_exports",
+                                       "count": 1})
+        mount = self.mount()
+        gid = self.create_export(mount)
+        self.assertEqual(self.count("POST /organization_exports"), 2)
+        self.assertEqual(len([e for e in self.standin.exports()
+                              if e["gid"] == gid]), 1)
+
+    def test_refused_export_shows_message(self):
+        mount = self.mount()
+        new = mount.p("orgs", ORG, "exports", "new")
+        cases = ((403, errno.EACCES), (402, errno.EACCES), (401, errno.EACCES),
+                 (400, errno.EINVAL), (404, errno.ENOENT))
+        for status, expected in cases:
+            self.standin.fault(api_status={"status": status,
+                                           "prefix": "POST /organization_exports",
+                                           "count": 1})
+            with self.assertRaises(OSError) as caught:
+                with open(new, "w") as f:
+                    f.write("go\n")
+            self.assertEqual(caught.exception.errno, expected, status)
+            text = open(new).read()
+            self.assertTrue(text.startswith("error: "), text)
+            self.assertIn(str(status), text)
+        self.standin.fault(api_status={"status": 403,
+                                       "prefix": "POST /organization_exports",
+                                       "count": 1})
+        result = run(["bash", "-c", "echo > '%s'" % new], check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("Permission denied", result.stderr)
+
+    def test_rate_limited_post_gives_eagain(self):
+        mount = self.mount(options=["timeout=3"])
+        self.standin.fault(api_status={"status": 429, "retry_after": 1,
+                                       "prefix": "POST /organization_exports",
+                                       "count": 20})
+        with self.assertRaises(OSError) as caught:
+            with open(mount.p("orgs", ORG, "exports", "new"), "w") as f:
+                f.write("\n")
+        self.assertEqual(caught.exception.errno, errno.EAGAIN)
+
+    def test_dropped_download_resumes(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.fault(drop={"after_bytes": 300000, "count": 3})
+        self.assertEqual(sha256_file(path), self.sha)
+        ranges = [r.get("range") for r in self.standin.requests()
+                  if r["server"] == "download" and r.get("range")]
+        self.assertTrue(any(r.startswith("bytes=") and not r.startswith("bytes=-")
+                            and not r.startswith("bytes=0-") for r in ranges),
+                        ranges)
+
+    def test_range_ignored_on_resume(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.fault(drop={"after_bytes": 200000, "count": 1},
+                           ignore_range={"count": 5})
+        self.assertEqual(sha256_file(path), self.sha)
+
+    def test_expired_url_recovers(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.reset_counts()
+        self.standin.fault(expire_after_bytes={"bytes": 250000, "count": 1})
+        self.assertEqual(sha256_file(path), self.sha)
+        self.assertGreaterEqual(self.count("GET /organization_exports/" + gid), 2,
+                                "a fresh URL was fetched")
+        for request in self.standin.requests():
+            if request["server"] == "download":
+                self.assertNotIn("Authorization", request["headers"])
+
+    def test_corrupt_archive_gives_eio_and_is_not_cached(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.fault(corrupt={"count": -1})
+        for _ in range(2):
+            result = run(["sh", "-c", "cat '%s' > /dev/null" % path],
+                         check=False)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("Input/output error", result.stderr)
+        self.assertIn("corrupt", mount.log())
+        entry = os.path.join(mount.cache_dir, "data", gid)
+        self.assertFalse(os.path.exists(os.path.join(entry, "export.json")))
+        self.standin.clear_faults()
+        self.assertEqual(sha256_file(path), self.sha,
+                         "a later read downloads again")
+
+    def test_corrupt_once_never_mixes_downloads(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.fault(corrupt={"count": 1})
+        result = run(["sh", "-c", "sha256sum < '%s'" % path], check=False)
+        if result.returncode == 0:
+            self.assertEqual(result.stdout.split()[0], self.sha)
+        else:
+            self.assertIn("Input/output error", result.stderr)
+        self.assertEqual(sha256_file(path), self.sha)
+
+    def test_truncated_archive_gives_eio(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        self.standin.fault(truncate={"count": -1})
+        for name in ("export.json", "export.json.gz"):
+            result = run(["sh", "-c", "cat '%s' > /dev/null"
+                          % os.path.join(os.path.dirname(path), name)],
+                         check=False)
+            self.assertNotEqual(result.returncode, 0, name)
+            self.assertIn("Input/output error", result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(
+            mount.cache_dir, "data", gid, "export.json")))
+
+    def test_api_down_keeps_mount(self):
+        mount = self.mount(options=["timeout=3", "state_ttl=0"])
+        gid, path = self.finished_export(mount)
+        self.assertEqual(sha256_file(path), self.sha)
+        self.standin.stop()
+        with self.assertRaises(OSError):
+            os.listdir(mount.p("orgs"))
+        self.assertEqual(sha256_file(path), self.sha, "cached data still reads")
+        self.assertTrue(os.path.ismount(mount.path))
+        self.assertIsNone(mount.proc.poll())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Installs what asanafs needs on Debian 12 and builds it into ./build.
+set -eu
+cd "$(dirname "$0")/.."
+
+packages="gcc meson ninja-build pkg-config libfuse3-dev fuse3
+  libcurl4-openssl-dev libjansson-dev zlib1g-dev python3 rsync gzip"
+missing=""
+for package in $packages; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||
+    missing="$missing $package"
+done
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "asanafs setup: run as root, or install these first:$missing" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -f build/build.ninja ]; then
+  meson setup build
+fi
+ninja -C build

@@ -133,9 +133,10 @@ static int serve(struct fuse_args *args, struct fuse_cmdline_opts *opts,
   } else {
     loop_config = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(loop_config, (unsigned)opts->clone_fd);
-    fuse_loop_cfg_set_idle_threads(loop_config, opts->max_idle_threads);
-    /* libfuse leaves max_threads at UINT_MAX unless -o max_threads was
-     * given; passing that on only earns a warning. */
+    if (opts->max_idle_threads != UINT_MAX)
+      fuse_loop_cfg_set_idle_threads(loop_config, opts->max_idle_threads);
+    /* libfuse leaves these at UINT_MAX unless -o max_threads or
+     * -o max_idle_threads was given; passing that on earns a warning. */
     if (opts->max_threads != 0 && opts->max_threads != UINT_MAX)
       fuse_loop_cfg_set_max_threads(loop_config, opts->max_threads);
     rc = fuse_loop_mt(fuse, loop_config);

@@ -57,8 +57,10 @@ def wait_for(predicate, timeout, interval=0.1, what="condition"):
 class Mount:
     """One asanafs process in the foreground, mounted at DIR/mnt."""
 
-    def __init__(self, workdir, standin, options=(), token=TOKEN, name="mnt"):
+    def __init__(self, workdir, standin, options=(), token=TOKEN, name="mnt",
+                 args=()):
         self.workdir = workdir
+        self.args = list(args)
         self.standin = standin
         self.options = list(options)
         self.token = token
@@ -78,7 +80,7 @@ class Mount:
             options.append("state_ttl=1")
         for option in options:
             cmd += ["-o", option]
-        return cmd
+        return cmd + self.args
 
     def start(self):
         os.makedirs(self.path, exist_ok=True)
@@ -143,8 +145,8 @@ class MountTestCase(unittest.TestCase):
         self.standin.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def mount(self, options=(), token=TOKEN, name="mnt", start=True):
-        mount = Mount(self.workdir, self.standin, options, token, name)
+    def mount(self, options=(), token=TOKEN, name="mnt", start=True, args=()):
+        mount = Mount(self.workdir, self.standin, options, token, name, args)
         self.mounts.append(mount)
         return mount.start() if start else mount
 

@@ -21,9 +21,13 @@ class CacheTest(MountTestCase):
         self.standin.set_archive(self.archive)
 
     def finished_export(self, mount):
+        """Returns a finished export whose size is known, so that faults
+        set afterwards apply to its download, not to the size probe."""
         gid = self.create_export(mount)
         self.wait_state(mount, ORG, gid, "finished")
-        return gid, mount.p("orgs", ORG, "exports", gid, "export.json")
+        path = mount.p("orgs", ORG, "exports", gid, "export.json")
+        os.stat(path)
+        return gid, path
 
     def downloads(self, gid):
         return self.count("DOWNLOAD /exports/%s/export.json.gz" % gid)
@@ -68,7 +72,8 @@ class CacheTest(MountTestCase):
     def test_concurrent_readers_share_one_download(self):
         mount = self.mount()
         gid, path = self.finished_export(mount)
-        self.standin.fault(throttle={"bytes_per_second": 4 * 1024 * 1024})
+        self.standin.fault(throttle={"bytes_per_second": 4 * 1024 * 1024, 
+                                     "count": -1})
         results = []
 
         def read_all():
@@ -87,7 +92,8 @@ class CacheTest(MountTestCase):
         gid, path = self.finished_export(mount)
         compressed = os.path.getsize(self.archive)
         # At this rate the whole archive takes about 20 s to arrive.
-        self.standin.fault(throttle={"bytes_per_second": compressed // 20})
+        self.standin.fault(throttle={"bytes_per_second": compressed // 20, 
+                                     "count": -1})
         head = run(["head", "-c", "100", path], timeout=60)
         expected = run(["sh", "-c", "gzip -dc '%s' | head -c 100" % self.archive])
         self.assertEqual(head.stdout, expected.stdout)

@@ -2,7 +2,7 @@
  * fs: the FUSE layer of asanafs. Paths, operations and mount options.
  *
  * The tree is a table (nodes.c): each row is a path pattern such as
- * "orgs/{org}/exports/{export}/state" with the callbacks that say whether
+ * "orgs/{gid}/exports/{gid}/state" with the callbacks that decide whether
  * such a node exists, what its attributes are, what it lists and what it
  * reads. Operations (ops.c) resolve a path to a row and call its callbacks,
  * so a new kind of Asana resource is a few new rows, not new operations.

@@ -1,6 +1,6 @@
 /*
- * Private to the fs module: the shared context, the registry of what
- * asanafs knows about Asana, and the node table.
+ * Private to the fs module: the shared context, the registry of Asana
+ * records that asanafs has fetched or saved, and the node table.
  */
 #ifndef ASANAFS_FS_INTERNAL_H
 #define ASANAFS_FS_INTERNAL_H
@@ -49,7 +49,7 @@ void options_free(struct fs_config *config);
 
 /* ---- Registry ---- */
 
-/* How current a record must be. */
+/* Freshness a caller requires of a record. */
 enum freshness {
   FRESH_KNOWN,            /* what is known will do; fetch only if unknown */
   FRESH_TTL,              /* fetch again when older than state_ttl */
@@ -89,7 +89,7 @@ time_t registry_orgs_mtime(struct registry *registry);
 int registry_list_workspaces(struct registry *registry, struct gid_list *out);
 
 /* Fills OUT (when not NULL) with a copy of a workspace. -ENOENT if the
- * gid is not a workspace the token sees. */
+ * gid is not a workspace that the token can access. */
 int registry_get_workspace(struct registry *registry, const char *gid,
                            enum freshness freshness,
                            struct workspace_view *out);
@@ -102,8 +102,8 @@ int registry_get_export(struct registry *registry, const char *org,
                         const char *gid, enum freshness freshness,
                         struct export_view *out);
 
-/* Starts an export with one POST and records it. On failure ERR holds
- * Asana's answer. */
+/* Starts an export with one POST and records it. On failure ERR contains
+ * Asana's error message. */
 int registry_create_export(struct registry *registry, const char *org,
                            char gid_out[CLIENT_GID_MAX],
                            struct client_error *err);

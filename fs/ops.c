@@ -41,9 +41,9 @@ static struct open_file *handle(const struct fuse_file_info *fi)
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
   /* Stable inode numbers let rsync and find see the same object again.
-   * Attributes are cached for a second only, so a new state shows up
-   * promptly; a missing name is never cached, so export.json is found as
-   * soon as the export finishes. */
+   * Attributes are cached for one second only, so a new state shows up
+   * promptly. Missing names are not cached, so export.json appears as soon
+   * as the export finishes. */
   cfg->use_ino = 1;
   cfg->entry_timeout = 1.0;
   cfg->attr_timeout = 1.0;
@@ -202,9 +202,10 @@ static int fs_read(const char *path, char *buf, size_t size, off_t offset,
   if (file->io == IO_CACHE) {
     ssize_t n;
 
-    /* After a failed download the kernel may hold pages of this open from
-     * that download; failing every later read of the open keeps a reader
-     * from mixing them with the next download. A new open starts clean. */
+    /* After a failed download the kernel may still cache pages that this
+     * open got from it. Failing every later read of the open keeps those
+     * pages from being mixed with the next download. A new open starts
+     * clean. */
     if (file->read_error)
       return file->read_error;
     n = cache_read(file->data, file->kind, buf, size, (uint64_t)offset);
@@ -221,7 +222,7 @@ static int fs_read(const char *path, char *buf, size_t size, off_t offset,
 }
 
 /* Starts one export for the first non-empty write of an open of `new`,
- * and records the answer as the file's content. */
+ * and stores the new gid or Asana's error message as the file's content. */
 static int start_export(struct fs_context *ctx, struct open_file *file)
 {
   struct client_error err = {0};
@@ -270,7 +271,7 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 
 /* Returns the errno for changing what PATH names: ENOENT when it does not
  * exist, else EACCES, since everything but `new` is read-only. */
-static int refuse_change(const char *path)
+static int reject_change(const char *path)
 {
   struct stat st;
   struct node node;
@@ -287,11 +288,11 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 
   /* `echo > new` opens with O_TRUNC; there is nothing to truncate. */
   if (node_resolve(path, &node) == 0 && node.type->io == IO_CONTROL)
-    return refuse_change(path) == -EACCES ? 0 : -ENOENT;
-  return refuse_change(path);
+    return reject_change(path) == -EACCES ? 0 : -ENOENT;
+  return reject_change(path);
 }
 
-/* Splits PATH into its parent and last name; -ENOENT for the root. */
+/* Splits PATH into its parent and last name. Returns -ENOENT for the root. */
 static int split_parent(const char *path, char *parent, size_t parent_len,
                         const char **name)
 {
@@ -327,7 +328,7 @@ static int fs_mkdir(const char *path, mode_t mode)
   if (strlen(name) > NAME_MAX)
     return -ENAMETOOLONG;
   if (!parent_is_exports(path, &parent))
-    return refuse_change(path) == -ENOENT ? -EACCES : -EEXIST;
+    return reject_change(path) == -ENOENT ? -EACCES : -EEXIST;
   if (!gid_valid(name)) {
     log_warn("mkdir %s: an export folder is named by its gid, a number",
              path);
@@ -363,30 +364,30 @@ static int fs_rmdir(const char *path)
 
 static int fs_unlink(const char *path)
 {
-  return refuse_change(path);
+  return reject_change(path);
 }
 
 static int fs_rename(const char *from, const char *to, unsigned int flags)
 {
-  return refuse_change(from);
+  return reject_change(from);
 }
 
 static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-  int rc = refuse_change(path);
+  int rc = reject_change(path);
 
   return rc == -ENOENT ? -EACCES : -EEXIST;
 }
 
 static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-  return refuse_change(path);
+  return reject_change(path);
 }
 
 static int fs_chown(const char *path, uid_t uid, gid_t gid,
                     struct fuse_file_info *fi)
 {
-  return refuse_change(path);
+  return reject_change(path);
 }
 
 static int fs_utimens(const char *path, const struct timespec tv[2],
@@ -396,13 +397,13 @@ static int fs_utimens(const char *path, const struct timespec tv[2],
 
   /* `touch new` is harmless; all other times are Asana's. */
   if (node_resolve(path, &node) == 0 && node.type->io == IO_CONTROL)
-    return refuse_change(path) == -EACCES ? 0 : -ENOENT;
-  return refuse_change(path);
+    return reject_change(path) == -EACCES ? 0 : -ENOENT;
+  return reject_change(path);
 }
 
 static int fs_symlink(const char *target, const char *path)
 {
-  int rc = refuse_change(path);
+  int rc = reject_change(path);
 
   return rc == -ENOENT ? -EACCES : -EEXIST;
 }

@@ -522,7 +522,7 @@ static struct known_export *new_export(const char *org,
   return e;
 }
 
-/* Loads one saved record; the file holds info.json's text. */
+/* Loads one saved record; the file contains info.json's text. */
 static void load_export_file(struct registry *r, const char *org,
                              const char *path)
 {
@@ -561,7 +561,7 @@ static void load_org_exports(struct registry *r, const char *org)
   if (!dir)
     return;
   while ((entry = readdir(dir)) != NULL) {
-    char gid[CLIENT_GID_MAX], file[4096];
+    char gid[CLIENT_GID_MAX], file[4096 + 256 + 2];
     const char *dot = strrchr(entry->d_name, '.');
 
     if (!dot || strcmp(dot, ".json") != 0 ||
@@ -943,7 +943,7 @@ static void load_controls(struct registry *r)
   if (!dir)
     return;
   while ((entry = readdir(dir)) != NULL) {
-    char file[4096], text[CLIENT_MESSAGE_MAX + 64];
+    char file[4096 + 256 + 2], text[CLIENT_MESSAGE_MAX + 64];
     struct stat st;
     ssize_t len;
     int fd;

@@ -38,6 +38,14 @@ static struct open_file *handle(const struct fuse_file_info *fi)
   return (struct open_file *)(uintptr_t)fi->fh;
 }
 
+/* Resolves PATH to a node that exists and fills ST. */
+static int find_node(const char *path, struct node *node, struct stat *st)
+{
+  int rc = node_resolve(path, node);
+
+  return rc < 0 ? rc : node_getattr(context(), node, st);
+}
+
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
   /* Stable inode numbers let rsync and find see the same object again.
@@ -64,9 +72,8 @@ static int fs_getattr(const char *path, struct stat *st,
                       struct fuse_file_info *fi)
 {
   struct node node;
-  int rc = node_resolve(path, &node);
 
-  return rc < 0 ? rc : node_getattr(context(), &node, st);
+  return find_node(path, &node, st);
 }
 
 struct fill_state {
@@ -88,10 +95,8 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
   struct fill_state state = { buf, filler };
   struct stat st;
   struct node node;
-  int rc = node_resolve(path, &node);
+  int rc = find_node(path, &node, &st);
 
-  if (rc == 0)
-    rc = node_getattr(context(), &node, &st);
   if (rc < 0)
     return rc;
   if (node.type->io != IO_DIR)
@@ -166,10 +171,8 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
   struct open_file *file = NULL;
   struct stat st;
   struct node node;
-  int rc = node_resolve(path, &node);
+  int rc = find_node(path, &node, &st);
 
-  if (rc == 0)
-    rc = node_getattr(ctx, &node, &st);
   if (rc < 0)
     return rc;
   if (node.type->io == IO_DIR)
@@ -275,10 +278,8 @@ static int reject_change(const char *path)
 {
   struct stat st;
   struct node node;
-  int rc = node_resolve(path, &node);
+  int rc = find_node(path, &node, &st);
 
-  if (rc == 0)
-    rc = node_getattr(context(), &node, &st);
   return rc < 0 ? rc : -EACCES;
 }
 
@@ -313,8 +314,7 @@ static bool parent_is_exports(const char *path, struct node *parent)
   struct stat st;
 
   if (split_parent(path, parent_path, sizeof(parent_path), &name) < 0 ||
-      node_resolve(parent_path, parent) < 0 ||
-      node_getattr(context(), parent, &st) < 0)
+      find_node(parent_path, parent, &st) < 0)
     return false;
   return strcmp(parent->type->pattern, "orgs/{gid}/exports") == 0;
 }
@@ -345,10 +345,8 @@ static int fs_rmdir(const char *path)
   struct fs_context *ctx = context();
   struct stat st;
   struct node node;
-  int rc = node_resolve(path, &node);
+  int rc = find_node(path, &node, &st);
 
-  if (rc == 0)
-    rc = node_getattr(ctx, &node, &st);
   if (rc < 0)
     return rc;
   if (node.type->io != IO_DIR)

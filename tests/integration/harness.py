@@ -9,7 +9,6 @@ stalling the suite.
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,11 @@ def sha256_file(path):
                 break
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
 
 
 def run(args, timeout=120, check=True, **kwargs):
@@ -165,13 +169,38 @@ class MountTestCase(unittest.TestCase):
         new = mount.p("orgs", org, "exports", "new")
         with open(new, "w") as f:
             f.write("\n")
-        with open(new) as f:
-            text = f.read()
+        text = read_text(new)
         self.assertRegex(text, r"^\d+\n$", "new reads: %r" % text)
         return text.strip()
 
     def count(self, key):
         return self.standin.counts().get(key, 0)
+
+
+class ArchiveTestCase(MountTestCase):
+    """Serves one generated archive of archive_size bytes inflated for
+    every export the test creates."""
+
+    standin_options = {"export_seconds": 1}
+    archive_size = 4 * 1024 * 1024
+    archive_seed = 1
+
+    def setUp(self):
+        super().setUp()
+        self.archive = os.path.join(self.workdir, "org.json.gz")
+        self.size, self.sha = make_archive(self.archive, self.archive_size,
+                                           seed=self.archive_seed)
+        self.standin.set_archive(self.archive)
+
+    def finished_export(self, mount):
+        """Creates an export, waits for it to finish and learns its size,
+        so that faults set afterwards apply to its download, not to the
+        size probe. Returns its gid and the path of its export.json."""
+        gid = self.create_export(mount)
+        self.wait_state(mount, ORG, gid, "finished")
+        path = mount.p("orgs", ORG, "exports", gid, "export.json")
+        os.stat(path)
+        return gid, path
 
 
 def main():

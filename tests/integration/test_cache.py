@@ -2,32 +2,15 @@
 no second download after a remount, rsync, and the cache limit."""
 
 import os
-import subprocess
 import threading
-import time
 
-from harness import (ORG, MountTestCase, main, make_archive, run,
+from harness import (ORG, ArchiveTestCase, main, make_archive, run,
                      sha256_file, wait_for)
 
 
-class CacheTest(MountTestCase):
-    standin_options = {"export_seconds": 1}
-
-    def setUp(self):
-        super().setUp()
-        self.archive = os.path.join(self.workdir, "org.json.gz")
-        self.size, self.sha = make_archive(self.archive, 8 * 1024 * 1024,
-                                           seed=11)
-        self.standin.set_archive(self.archive)
-
-    def finished_export(self, mount):
-        """Returns a finished export whose size is known, so that faults
-        set afterwards apply to its download, not to the size probe."""
-        gid = self.create_export(mount)
-        self.wait_state(mount, ORG, gid, "finished")
-        path = mount.p("orgs", ORG, "exports", gid, "export.json")
-        os.stat(path)
-        return gid, path
+class CacheTest(ArchiveTestCase):
+    archive_size = 8 * 1024 * 1024
+    archive_seed = 11
 
     def downloads(self, gid):
         return self.count("DOWNLOAD /exports/%s/export.json.gz" % gid)

@@ -2,23 +2,18 @@
 state, read export.json and export.json.gz, adopt and forget exports."""
 
 import calendar
-import errno
 import json
 import os
 import time
 
-from harness import (ORG, MountTestCase, main, make_archive, run,
-                     sha256_file, wait_for)
+from harness import (ORG, ArchiveTestCase, main, read_text, run,
+                     sha256_file)
 
 
-class ExportTest(MountTestCase):
+class ExportTest(ArchiveTestCase):
     standin_options = {"export_seconds": 2}
-
-    def setUp(self):
-        super().setUp()
-        self.archive = os.path.join(self.workdir, "org.json.gz")
-        self.size, self.sha = make_archive(self.archive, 3 * 1024 * 1024, seed=7)
-        self.standin.set_archive(self.archive)
+    archive_size = 3 * 1024 * 1024
+    archive_seed = 7
 
     def test_create_read_and_compare(self):
         mount = self.mount()
@@ -52,9 +47,9 @@ class ExportTest(MountTestCase):
         mount = self.mount()
         new = mount.p("orgs", ORG, "exports", "new")
         run(["sh", "-c", "echo > '%s'" % new])
-        first = open(new).read().strip()
+        first = read_text(new).strip()
         run(["sh", "-c", "echo > '%s'" % new])
-        second = open(new).read().strip()
+        second = read_text(new).strip()
         self.assertEqual(self.count("POST /organization_exports"), 2)
         self.assertNotEqual(first, second)
         listing = os.listdir(mount.p("orgs", ORG, "exports"))
@@ -74,7 +69,7 @@ class ExportTest(MountTestCase):
         gid = self.create_export(mount)
         self.wait_state(mount, ORG, gid, "finished")
         folder = mount.p("orgs", ORG, "exports", gid)
-        text = open(os.path.join(folder, "info.json")).read()
+        text = read_text(os.path.join(folder, "info.json"))
         self.assertTrue(text.endswith("}\n"))
         info = json.loads(text)
         self.assertEqual(info["gid"], gid)

@@ -3,27 +3,14 @@ expired downloads, corrupt archives, and refused requests."""
 
 import errno
 import os
-import subprocess
 
-from harness import ORG, MountTestCase, main, make_archive, run, sha256_file
+from harness import (ORG, ArchiveTestCase, main, read_text, run,
+                     sha256_file)
 
 
-class FaultTest(MountTestCase):
-    standin_options = {"export_seconds": 1}
-
-    def setUp(self):
-        super().setUp()
-        self.archive = os.path.join(self.workdir, "org.json.gz")
-        self.size, self.sha = make_archive(self.archive, 4 * 1024 * 1024,
-                                           seed=5)
-        self.standin.set_archive(self.archive)
-
-    def finished_export(self, mount):
-        gid = self.create_export(mount)
-        self.wait_state(mount, ORG, gid, "finished")
-        path = mount.p("orgs", ORG, "exports", gid, "export.json")
-        os.stat(path)
-        return gid, path
+class FaultTest(ArchiveTestCase):
+    archive_size = 4 * 1024 * 1024
+    archive_seed = 5
 
     def test_429_waits_and_retries(self):
         self.standin.fault(api_status={"status": 429, "retry_after": 1,
@@ -47,7 +34,7 @@ class FaultTest(MountTestCase):
             # export at most is created per write.
             self.assertNotEqual(result.returncode, 0, status)
             self.assertEqual(self.count("POST /organization_exports"), 1)
-            self.assertIn(str(status), open(new).read())
+            self.assertIn(str(status), read_text(new))
         self.standin.reset_counts()
         self.standin.fault(api_status={"status": 503, "prefix": "GET /workspaces",
                                        "count": 2})
@@ -79,7 +66,7 @@ class FaultTest(MountTestCase):
                 with open(new, "w") as f:
                     f.write("go\n")
             self.assertEqual(caught.exception.errno, expected, status)
-            text = open(new).read()
+            text = read_text(new)
             self.assertTrue(text.startswith("error: "), text)
             self.assertIn(str(status), text)
         self.standin.fault(api_status={"status": 403,

@@ -7,24 +7,13 @@ import os
 import signal
 import subprocess
 
-from harness import (ORG, TOKEN, MountTestCase, main, make_archive, run,
-                     sha256_file, wait_for)
+from harness import (ORG, TOKEN, ArchiveTestCase, main, sha256_file,
+                     wait_for)
 
 
-class MountTest(MountTestCase):
-    standin_options = {"export_seconds": 1}
-
-    def setUp(self):
-        super().setUp()
-        self.archive = os.path.join(self.workdir, "org.json.gz")
-        self.size, self.sha = make_archive(self.archive, 6 * 1024 * 1024,
-                                           seed=3)
-        self.standin.set_archive(self.archive)
-
-    def finished_export(self, mount):
-        gid = self.create_export(mount)
-        self.wait_state(mount, ORG, gid, "finished")
-        return gid, mount.p("orgs", ORG, "exports", gid, "export.json")
+class MountTest(ArchiveTestCase):
+    archive_size = 6 * 1024 * 1024
+    archive_seed = 3
 
     def test_read_only_mount(self):
         mount = self.mount()

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from harness import ASANAFS, ORG, MountTestCase, main, run
+from harness import ASANAFS, ORG, MountTestCase, main, read_text, run
 
 
 class TreeTest(MountTestCase):
@@ -28,7 +28,7 @@ class TreeTest(MountTestCase):
     def test_workspace_json(self):
         mount = self.mount()
         path = mount.p("orgs", ORG, "workspace.json")
-        text = open(path).read()
+        text = read_text(path)
         self.assertTrue(text.endswith("\n"))
         record = json.loads(text)
         self.assertEqual(record["gid"], ORG)

@@ -1683,13 +1683,16 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
 
   for (;;) {
     file_size = kind == CACHE_GZ ? e->gz_size : e->json_size;
-    if (off >= file_size)
+    /* Until a download ends, the inflated size from the gzip trailer is
+     * only a lower bound (several members, or over 4 GiB), so a read at or
+     * past it waits for the end instead of returning end of file. */
+    if (off >= file_size && (e->complete || kind == CACHE_GZ))
       return 0;
-    end = size < file_size - off ? off + size : file_size;
+    end = off < file_size && size < file_size - off ? off + size : file_size;
     ready = kind == CACHE_GZ ? e->gz_ready : e->json_ready;
     if (e->complete)
       ready = file_size;
-    if (ready >= end && e->files) {
+    if (off < file_size && ready >= end && e->files) {
       ret = check_same_download(file);
       if (ret < 0)
         return ret;

@@ -17,7 +17,8 @@
  * and are kept in meta, which eviction keeps, so a size never changes.
  * NOTE: ISIZE is the size modulo 2^32 of the last gzip member only; for an
  * archive of several members or over 4 GiB inflated, the size is corrected
- * once the download ends, and a warning is logged.
+ * once the download ends, and a warning is logged. Until then a read at or
+ * past the trailer's size waits for the download to end.
  *
  * Streaming: the first read of an entry that is not complete starts one
  * download thread for it; every reader of that entry shares it. The thread

@@ -138,8 +138,11 @@ static int open_cached(struct fs_context *ctx, const struct node *node,
   file->kind = node->type->cache_kind;
   cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
   /* Complete data never changes, so the kernel may keep its pages from
-   * one open to the next. */
+   * one open to the next. Until then the size of export.json from the gzip
+   * trailer may be short (several members, or over 4 GiB), and direct I/O
+   * keeps the kernel from cutting reads at that size. */
   fi->keep_cache = status.complete;
+  fi->direct_io = !status.complete && file->kind == CACHE_JSON;
   return 0;
 }
 

@@ -6,8 +6,8 @@ import json
 import os
 import time
 
-from harness import (ORG, ArchiveTestCase, main, read_text, run,
-                     sha256_file)
+from harness import (ORG, ArchiveTestCase, main, make_archive, read_text,
+                     run, sha256_file, wait_for)
 
 
 class ExportTest(ArchiveTestCase):
@@ -142,6 +142,24 @@ class ExportTest(ArchiveTestCase):
             mount.cache_dir, "data", gid, "export.json")))
         with self.assertRaises(FileNotFoundError):
             os.rmdir(os.path.join(exports, gid))
+
+    def test_multi_member_archive_reads_whole(self):
+        archive = os.path.join(self.workdir, "members.json.gz")
+        size, sha = make_archive(archive, 2 * 1024 * 1024, seed=9, members=3)
+        self.standin.set_archive(archive)
+        mount = self.mount()
+        gid = self.create_export(mount)
+        self.wait_state(mount, ORG, gid, "finished")
+        path = mount.p("orgs", ORG, "exports", gid, "export.json")
+        # The gzip trailer gives the last member's size only, so the
+        # first size is short; the whole content must still arrive.
+        self.assertLess(os.path.getsize(path), size)
+        self.assertEqual(run(["sh", "-c", "cat '%s' | sha256sum" % path])
+                         .stdout.split()[0], sha)
+        self.assertIn("warning", mount.log())
+        wait_for(lambda: os.path.getsize(path) == size, 5,
+                 what="the corrected size")
+        self.assertEqual(sha256_file(path), sha)
 
     def test_exports_survive_remount(self):
         mount = self.mount()

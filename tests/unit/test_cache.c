@@ -566,9 +566,11 @@ static void test_read_edges(void)
   fake_add(a);
   cache = open_cache(0);
   CHECK(cache_open(cache, a->gid, &file) == 0);
+  /* The trailer's size is a lower bound until a download ends, so a read
+   * at the end downloads the archive once to learn the real size. */
   CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), a->json_len) == 0);
   CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), a->json_len + 5) == 0);
-  CHECK(atomic_load(&fake.fetches) == 0);
+  CHECK(atomic_load(&fake.fetches) == 1);
   CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), a->json_len - 10) ==
         10);
   CHECK(memcmp(buf, a->json + a->json_len - 10, 10) == 0);

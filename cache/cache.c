@@ -775,6 +775,8 @@ static int load_entry(struct cache *cache, const char *gid)
   return 0;
 }
 
+static void evict_for_download(struct cache *cache, struct entry *target);
+
 static int load_entries(struct cache *cache, char *err, size_t err_len)
 {
   DIR *dir = NULL;
@@ -949,6 +951,8 @@ int cache_new(const struct cache_config *config,
   if (ret < 0)
     goto out;
   ret = load_entries(cache, err, err_len);
+  if (ret == 0)
+    evict_for_download(cache, NULL);    /* the limit may have shrunk */
 out:
   if (ret < 0)
     cache_destroy(cache);
@@ -1143,8 +1147,25 @@ static void evict_entry(struct cache *cache, struct entry *e)
            "cache limit", e->gid, meta.gz_size + meta.json_size);
 }
 
+/* Logs why the cache stays over its limit once nothing more may go. */
+static void warn_over_limit(struct cache *cache, struct entry *target,
+                            uint64_t charged)
+{
+  uint64_t target_size = target ? target->json_size + target->gz_size : 0;
+
+  if (target && target_size > cache->max_bytes)
+    log_warn("cache: export %s alone takes %" PRIu64 " bytes, more than the "
+             "cache limit of %" PRIu64 " bytes; raise cache_size to keep it",
+             target->gid, target_size, cache->max_bytes);
+  else
+    log_warn("cache: %" PRIu64 " bytes stay cached, over the limit of %" PRIu64
+             " bytes, because the entries left are open or downloading",
+             charged, cache->max_bytes);
+}
+
 /* Evicts least recently used entries until TARGET, whose download starts,
- * fits under max_bytes, or until no entry is left that may go. */
+ * fits under max_bytes, or until no entry is left that may go. TARGET may
+ * be NULL to trim the cache to its limit. */
 static void evict_for_download(struct cache *cache, struct entry *target)
 {
   struct entry *victims = NULL, *victim;
@@ -1157,9 +1178,7 @@ static void evict_for_download(struct cache *cache, struct entry *target)
   while (charged > cache->max_bytes) {
     victim = find_victim(cache);
     if (!victim) {
-      log_warn("cache: export %s takes the cache to %" PRIu64 " bytes, over "
-               "its limit of %" PRIu64 " bytes, because the other entries are "
-               "in use", target->gid, charged, cache->max_bytes);
+      warn_over_limit(cache, target, charged);
       break;
     }
     victim->complete = false;

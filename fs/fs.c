@@ -6,10 +6,12 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -108,6 +110,28 @@ static void print_version(void)
          curl_version(), JANSSON_VERSION, zlibVersion());
 }
 
+static void on_interrupt_signal(int signal_number)
+{
+  (void)signal_number;
+}
+
+/*
+ * The init callback turns on libfuse's interrupt support (cfg->intr), so
+ * that a reader waiting for a download can give up on a signal. libfuse
+ * then sends SIGUSR1 to the worker thread of an interrupted request, but
+ * it installs a handler only when "-o intr" is parsed, which libfuse 3.14
+ * rejects as an unknown option. Without a handler SIGUSR1 would kill the
+ * process, so install one that does nothing; the waits poll
+ * fuse_interrupted().
+ */
+static int install_interrupt_handler(void)
+{
+  struct sigaction action = { .sa_handler = on_interrupt_signal };
+
+  sigemptyset(&action.sa_mask);
+  return sigaction(SIGUSR1, &action, NULL);
+}
+
 /* Mounts and runs the FUSE loop until unmounted or signalled. */
 static int serve(struct fuse_args *args, struct fuse_cmdline_opts *opts,
                  struct fs_context *ctx, int log_level)
@@ -116,6 +140,8 @@ static int serve(struct fuse_args *args, struct fuse_cmdline_opts *opts,
   struct fuse *fuse;
   int rc = 1;
 
+  if (install_interrupt_handler() != 0)
+    return 1;
   fuse = fuse_new(args, &fs_operations, sizeof(fs_operations), ctx);
   if (!fuse)
     return 1;
@@ -152,6 +178,25 @@ out_destroy:
   return rc;
 }
 
+/* Rejects a mount point that is missing or not a folder, which libfuse
+ * would otherwise mount over and serve only errors from. */
+static int check_mount_point(const char *path)
+{
+  struct stat st;
+
+  if (stat(path, &st) < 0) {
+    fprintf(stderr, "asanafs: cannot use mount point %s: %s\n", path,
+            strerror(errno));
+    return 1;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    fprintf(stderr, "asanafs: mount point %s is not a folder; create one "
+                    "with mkdir\n", path);
+    return 1;
+  }
+  return 0;
+}
+
 int fs_main(int argc, char *argv[])
 {
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -181,6 +226,8 @@ int fs_main(int argc, char *argv[])
             argv[0], argv[0]);
     goto out;
   }
+  if (check_mount_point(opts.mountpoint))
+    goto out;
   level = opts.debug ? LOG_DEBUG : LOG_INFO;
   log_init(false, level);
   if (options_finish(&config))

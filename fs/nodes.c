@@ -67,6 +67,14 @@ static int getattr_rendered(struct fs_context *ctx, const struct node *node,
 static int root_getattr(struct fs_context *ctx, const struct node *node,
                         struct stat *st)
 {
+  struct gid_list list = {0};
+
+  /* The folders' mtime is that of the workspace list, so learn the list
+   * first if this mount has never seen it; otherwise the time would change
+   * from 0 on the first listing. The root stays usable when that fails. */
+  if (registry_orgs_mtime(ctx->registry) == 0)
+    registry_list_workspaces(ctx->registry, &list);
+  gid_list_clear(&list);
   fill_dir(ctx, st, registry_orgs_mtime(ctx->registry));
   return 0;
 }

@@ -56,7 +56,8 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
   cfg->entry_timeout = 1.0;
   cfg->attr_timeout = 1.0;
   cfg->negative_timeout = 0.0;
-  /* Lets a reader waiting for a download give up on a signal. */
+  /* Lets a reader waiting for a download give up on a signal; see
+   * install_interrupt_handler() in fs.c. */
   cfg->intr = 1;
   return context();
 }
@@ -138,11 +139,14 @@ static int open_cached(struct fs_context *ctx, const struct node *node,
   file->kind = node->type->cache_kind;
   cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
   /* Complete data never changes, so the kernel may keep its pages from
-   * one open to the next. Until then the size of export.json from the gzip
-   * trailer may be short (several members, or over 4 GiB), and direct I/O
-   * keeps the kernel from cutting reads at that size. */
+   * one open to the next. Data still arriving is read with direct I/O, for
+   * three reasons: the size of export.json from the gzip trailer may be
+   * short (several members, or over 4 GiB) and the kernel would cut reads
+   * there; no page of a download that later fails its check stays cached;
+   * and an open never waits on a page that another reader has locked while
+   * it waits for a distant range. */
   fi->keep_cache = status.complete;
-  fi->direct_io = !status.complete && file->kind == CACHE_JSON;
+  fi->direct_io = !status.complete;
   return 0;
 }
 

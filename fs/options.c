@@ -180,6 +180,11 @@ static int read_token_file(struct fs_config *config)
   }
   buf[len] = '\0';
   trim_end(buf);
+  if (!buf[0]) {
+    fprintf(stderr, "asanafs: token file %s is empty; put the Asana access "
+                    "token in it\n", path);
+    goto out;
+  }
   config->token = strdup(buf);
   rc = 0;
 out:

@@ -3,7 +3,7 @@
 # Asana API: mount, create an export, wait for it, read it, rsync it,
 # unmount. Everything stays on loopback and under one temporary folder.
 #
-#   sudo sh tools/demo.sh              # a 50 MB export
+#   sh tools/demo.sh                   # as root; a 50 MiB export
 #   DEMO_SIZE=200M sh tools/demo.sh    # any size gen_export.py accepts
 set -eu
 cd "$(dirname "$0")/.."

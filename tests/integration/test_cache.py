@@ -2,6 +2,7 @@
 no second download after a remount, rsync, and the cache limit."""
 
 import os
+import subprocess
 import threading
 
 from harness import (ORG, ArchiveTestCase, main, make_archive, run,
@@ -84,6 +85,32 @@ class CacheTest(ArchiveTestCase):
         self.assertFalse(os.path.exists(os.path.join(entry, "export.json")),
                          "head finished before the download did")
         self.assertTrue(os.path.exists(os.path.join(entry, "export.json.part")))
+
+    def test_far_reader_blocks_no_one(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        compressed = os.path.getsize(self.archive)
+        self.standin.fault(throttle={"bytes_per_second": compressed // 10,
+                                     "count": -1})
+        tail = subprocess.Popen(["tail", "-c", "100", path],
+                                stdout=subprocess.DEVNULL)
+        entry = os.path.join(mount.cache_dir, "data", gid)
+        wait_for(lambda: os.path.exists(os.path.join(entry, "export.json.part")),
+                 10, what="the download to start")
+        head = run(["head", "-c", "100", path], timeout=60)
+        self.assertEqual(len(head.stdout), 100)
+        gz_head = run(["sh", "-c", "head -c 100 '%s.gz' | wc -c" % path],
+                      timeout=60)
+        self.assertEqual(gz_head.stdout.strip(), "100")
+        self.assertIsNone(tail.poll(), "the far reader still waits")
+        self.assertFalse(os.path.exists(os.path.join(entry, "export.json")))
+
+        tail.kill()
+        tail.wait(timeout=30)
+        self.assertIsNone(mount.proc.poll(), "an interrupted reader leaves "
+                          "the mount up")
+        self.standin.clear_faults()
+        self.assertEqual(sha256_file(path), self.sha)
 
     def test_cache_size_evicts_least_recently_used(self):
         small = 3 * 1024 * 1024

@@ -139,9 +139,36 @@ class TreeTest(MountTestCase):
                                 timeout=30)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("chmod 600", result.stderr)
+        with open(token_file, "w") as f:
+            f.write("\n")
         os.chmod(token_file, 0o600)
+        result = subprocess.run(mount.command(), capture_output=True, text=True,
+                                timeout=30)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("is empty", result.stderr)
+        with open(token_file, "w") as f:
+            f.write("standin-token\n")
         mount.start()
         self.assertIn(ORG, os.listdir(mount.p("orgs")))
+
+    def test_mount_point_must_be_folder(self):
+        mount = self.mount(start=False)
+        with open(mount.path, "w") as f:
+            f.write("not a folder")
+        env = dict(os.environ, ASANA_ACCESS_TOKEN="standin-token")
+        result = subprocess.run(mount.command(), capture_output=True, text=True,
+                                timeout=30, env=env)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("not a folder", result.stderr)
+        self.assertFalse(os.path.ismount(mount.path))
+
+    def test_first_rsync_of_fresh_mount_is_stable(self):
+        mount = self.mount()
+        backup = os.path.join(self.workdir, "backup")
+        run(["rsync", "-a", mount.path + "/", backup + "/"], timeout=300)
+        second = run(["rsync", "-ai", mount.path + "/", backup + "/"],
+                     timeout=300)
+        self.assertEqual(second.stdout, "")
 
     def test_help_and_version(self):
         result = run([ASANAFS, "--help"])

@@ -39,7 +39,14 @@
 #define DEFAULT_MAX_BODY ((size_t)8 << 20)
 
 #define PAGE_LIMIT "100"               /* the API's maximum page size */
-#define MAX_PAGES 10000                /* pages of one listing: 1 million workspaces */
+#define MAX_PAGES 10000                /* pages of one listing, short pages included */
+#define MAX_WORKSPACES 100000          /* workspaces of one listing */
+#define LISTING_BUDGET_FACTOR 4        /* a listing may take 4 times max_call_s */
+
+/* How early a transfer may time out before its deadline, in seconds.
+ * budget_ms_left() rounds down to whole milliseconds, and libcurl measures
+ * CURLOPT_TIMEOUT_MS on its own clock. */
+#define DEADLINE_SLACK_S 0.01
 #define ERROR_BODY_MAX ((size_t)64 << 10) /* kept of a storage host's error reply */
 #define HEADER_VALUE_MAX 256           /* longer header values count as missing */
 #define TOKEN_MAX 4096
@@ -47,6 +54,13 @@
 #define RETRY_AFTER_MAX 1e9            /* seconds, the clamp of larger values */
 #define ASANA_CHANGE_MAX 32            /* distinct Asana-Change headers logged */
 #define SIZE_UNKNOWN UINT64_MAX
+
+/*
+ * The largest archive size accepted from a storage host. Half of INT64_MAX
+ * keeps st_size (a signed off_t) positive and leaves room to add sizes
+ * without overflow.
+ */
+#define ARCHIVE_SIZE_MAX ((uint64_t)INT64_MAX / 2)
 
 /*
  * Every network timeout message starts with this text.
@@ -109,6 +123,7 @@ struct transfer {
   const char *post_body;    /* JSON body of a POST, else NULL */
   const char *label;        /* names the request in messages, without a query */
   bool api;                 /* an API request rather than a storage one */
+  bool capped;              /* each attempt ends when the budget's time does */
   char range[48];           /* CURLOPT_RANGE value, "" for none */
   long timeout_ms;          /* cap of the whole attempt, 0 for none */
   body_fn on_body;          /* takes 2xx bodies; NULL keeps them in body */
@@ -131,6 +146,12 @@ struct budget {
   double max_s;
   double deadline;          /* CLOCK_MONOTONIC seconds */
   char stop_note[160];      /* why retrying stopped early, or "" */
+};
+
+/* The deadline of a call that makes several requests. */
+struct call_limit {
+  double deadline;          /* CLOCK_MONOTONIC seconds */
+  double max_s;             /* the call's whole time budget, for messages */
 };
 
 enum step {
@@ -346,7 +367,8 @@ static bool parse_u64(const char **p, uint64_t *out)
   return true;
 }
 
-/* Parses "bytes FIRST-LAST/TOTAL", where TOTAL may be "*" (SIZE_UNKNOWN). */
+/* Parses "bytes FIRST-LAST/TOTAL", where TOTAL may be "*" (SIZE_UNKNOWN).
+ * A numeric TOTAL of UINT64_MAX is invalid, because it reads as "*". */
 static bool parse_content_range(const char *value, uint64_t *first,
                                 uint64_t *last, uint64_t *total)
 {
@@ -360,20 +382,32 @@ static bool parse_content_range(const char *value, uint64_t *first,
     return false;
   if (strcmp(p, "*") == 0)
     *total = SIZE_UNKNOWN;
-  else if (!parse_u64(&p, total) || *p != '\0' || *last >= *total)
+  else if (!parse_u64(&p, total) || *p != '\0' || *last >= *total ||
+           *total == SIZE_UNKNOWN)
     return false;
   return *first <= *last;
 }
 
-/* Parses the "bytes * / TOTAL" form (without spaces) of a 416 reply. */
+/* Parses the "bytes * / TOTAL" form (without spaces) of a 416 reply and
+ * leaves *TOTAL unchanged when VALUE is invalid. */
 static bool parse_unsatisfied_range(const char *value, uint64_t *total)
 {
   const char *p = value;
+  uint64_t parsed;
 
   if (strncasecmp(p, "bytes */", 8) != 0)
     return false;
   p += 8;
-  return parse_u64(&p, total) && *p == '\0';
+  if (!parse_u64(&p, &parsed) || *p != '\0' || parsed == SIZE_UNKNOWN)
+    return false;
+  *total = parsed;
+  return true;
+}
+
+/* True when SIZE is a known archive size above ARCHIVE_SIZE_MAX. */
+static bool archive_size_too_large(uint64_t size)
+{
+  return size != SIZE_UNKNOWN && size > ARCHIVE_SIZE_MAX;
 }
 
 /* ---- Pure functions of the header ---- */
@@ -905,16 +939,18 @@ static bool url_part_present(CURLU *url, CURLUPart part)
 
 /*
  * Checks that URL is http or https, with plain http only for a loopback
- * host. WHAT names the URL in messages; the URL itself is never quoted,
- * because a download URL is a secret. On success *NORMALIZED (if given)
- * receives libcurl's normalized form.
+ * host. WHAT names the URL in messages, which show the URL only as
+ * log_redact_url() writes it, because a download URL's query is a secret.
+ * An unparsable URL fails with FAILURE and a rejected scheme or host with
+ * CLIENT_ERR_CONFIG. On success *NORMALIZED (if given) receives libcurl's
+ * normalized form.
  */
 static enum client_result check_url(const char *url, const char *what,
                                     enum client_result failure,
                                     char **normalized, struct client_error *err)
 {
   CURLU *parsed = curl_url();
-  char *scheme = NULL, *host = NULL;
+  char *scheme = NULL, *host = NULL, shown[160];
   enum client_result rc = failure;
 
   if (!parsed) {
@@ -927,14 +963,16 @@ static enum client_result check_url(const char *url, const char *what,
     err_set(err, failure, 0, "%s is not a valid URL", what);
     goto out;
   }
+  log_redact_url(url, shown, sizeof(shown));
   if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0) {
-    err_set(err, failure, 0, "%s uses the scheme %s; use https", what, scheme);
+    rc = err_set(err, CLIENT_ERR_CONFIG, 0, "%s (%s) uses the scheme %s; use "
+                 "https", what, shown, scheme);
     goto out;
   }
   if (strcmp(scheme, "http") == 0 && !is_loopback_host(host)) {
-    err_set(err, failure, 0, "%s uses plain http to %s, which is allowed "
-            "only for loopback hosts (127.0.0.0/8, ::1, localhost); use https",
-            what, host);
+    rc = err_set(err, CLIENT_ERR_CONFIG, 0, "%s (%s) uses plain http to %s, "
+                 "which is allowed only for loopback hosts (127.0.0.0/8, ::1, "
+                 "localhost); use https", what, shown, host);
     goto out;
   }
   rc = CLIENT_OK;
@@ -1212,8 +1250,20 @@ static CURLcode setup_common(struct transfer *t, CURL *h)
   SETOPT(h, CURLOPT_WRITEFUNCTION, on_write);
   SETOPT(h, CURLOPT_WRITEDATA, t);
   SETOPT(h, CURLOPT_USERAGENT, "asanafs/" ASANAFS_VERSION);
+  if (t->timeout_ms > 0)
+    SETOPT(h, CURLOPT_TIMEOUT_MS, t->timeout_ms);
   if (t->range[0])
     SETOPT(h, CURLOPT_RANGE, t->range);
+
+  /*
+   * A proxy from http_proxy or all_proxy would receive a plain-http request
+   * in clear text, with the bearer token of an API request. Plain http is
+   * allowed only to loopback hosts, so it never needs a proxy. Through a
+   * proxy, https is tunnelled with CONNECT and stays encrypted, so https
+   * keeps the proxies of the environment.
+   */
+  if (strncasecmp(t->url, "http:", 5) == 0)
+    SETOPT(h, CURLOPT_NOPROXY, "*");
 out:
   return rc;
 }
@@ -1238,8 +1288,6 @@ static CURLcode setup_api(struct transfer *t, CURL *h,
     goto out;
   SETOPT(h, CURLOPT_FOLLOWLOCATION, 0L);
   SETOPT(h, CURLOPT_ACCEPT_ENCODING, "");
-  if (t->timeout_ms > 0)
-    SETOPT(h, CURLOPT_TIMEOUT_MS, t->timeout_ms);
   rc = append_header(headers, "Accept: application/json");
   if (rc == CURLE_OK && url_is_under_api(t->client, t->url))
     rc = append_header(headers, t->client->auth_header);
@@ -1251,6 +1299,16 @@ static CURLcode setup_api(struct transfer *t, CURL *h,
   if (t->post_body) {
     SETOPT(h, CURLOPT_POSTFIELDSIZE, (long)strlen(t->post_body));
     SETOPT(h, CURLOPT_POSTFIELDS, t->post_body);
+
+    /*
+     * When a reused keep-alive connection closes before any reply byte,
+     * libcurl sends the request again on a new connection by itself (in
+     * Curl_retry_request, seen with 7.88.1), and a second POST could create
+     * a second export. libcurl resends that way only on a reused connection.
+     * FORBID_REUSE closes the POST's connection afterwards.
+     */
+    SETOPT(h, CURLOPT_FRESH_CONNECT, 1L);
+    SETOPT(h, CURLOPT_FORBID_REUSE, 1L);
   }
 out:
   return rc;
@@ -1264,7 +1322,12 @@ out:
  */
 static CURLcode setup_storage(struct transfer *t, CURL *h)
 {
-  /* An https URL may not be redirected to plain http. */
+  /*
+   * An https URL is redirected only to https. check_url() accepts a plain
+   * http download URL only for a loopback host, such as a test server.
+   * NOTE: a plain-http loopback URL may still redirect to plain http on any
+   * host.
+   */
   bool plain = strncasecmp(t->url, "http:", 5) == 0;
   CURLcode rc = setup_protocols(h, plain ? "http,https" : "https");
 
@@ -1288,6 +1351,7 @@ static void transfer_init(struct transfer *t, struct client *c,
   t->url = url;
   t->label = label;
   t->api = api;
+  t->capped = api;
   t->body.max = api ? c->max_body : ERROR_BODY_MAX;
 }
 
@@ -1358,13 +1422,26 @@ static bool transfer_succeeded(const struct transfer *t)
 
 /* ---- Budgets, waits and final errors ---- */
 
-static void budget_start(struct budget *b, const struct client *c)
+/* Starts B with max_call_s. LIMIT, when not NULL, is the deadline of a call
+ * that makes several requests, and B ends no later than it. */
+static void budget_start(struct budget *b, const struct client *c,
+                         const struct call_limit *limit)
 {
   b->attempts = 0;
   b->max_attempts = c->max_attempts;
   b->max_s = c->max_call_s;
   b->deadline = now_s() + c->max_call_s;
   b->stop_note[0] = '\0';
+  if (limit && limit->deadline < b->deadline) {
+    b->deadline = limit->deadline;
+    b->max_s = limit->max_s;
+  }
+}
+
+/* Returns a limit of SECONDS from now. */
+static struct call_limit call_limit_start(double seconds)
+{
+  return (struct call_limit){ .deadline = now_s() + seconds, .max_s = seconds };
 }
 
 static long budget_ms_left(const struct budget *b)
@@ -1554,7 +1631,7 @@ static enum client_result run_attempt(struct client *c, struct transfer *t,
 
   if (atomic_load(&c->stopping))
     return cancelled(t, err);
-  if (t->api)
+  if (t->capped)
     t->timeout_ms = budget_ms_left(b);
   b->attempts++;
   rc = transfer_perform(t);
@@ -1573,11 +1650,12 @@ static enum client_result run_attempt(struct client *c, struct transfer *t,
 
 /*
  * Sends METHOD api_url+PATH?QUERY with the retry rule and, on a 2xx reply,
- * moves its body into REPLY.
+ * moves its body into REPLY. LIMIT is passed to budget_start().
  */
 static enum client_result api_request(struct client *c, const char *method,
                                       const char *path, const char *query,
                                       const char *post_body,
+                                      const struct call_limit *limit,
                                       struct buffer *reply,
                                       struct client_error *err)
 {
@@ -1597,7 +1675,7 @@ static enum client_result api_request(struct client *c, const char *method,
     goto out;
   }
   t.url = url;
-  budget_start(&b, c);
+  budget_start(&b, c, limit);
   do {
     rc = run_attempt(c, &t, &b, err);
     if (rc != CLIENT_OK || transfer_succeeded(&t))
@@ -1616,6 +1694,7 @@ out:
 }
 
 static enum client_result fetch_workspaces_page(struct client *c,
+                                                const struct call_limit *limit,
                                                 const char *offset,
                                                 struct buffer *reply,
                                                 struct client_error *err)
@@ -1632,50 +1711,142 @@ static enum client_result fetch_workspaces_page(struct client *c,
       goto out;
     }
   }
-  rc = api_request(c, "GET", "/workspaces", query ? query : base, NULL, reply,
-                   err);
+  rc = api_request(c, "GET", "/workspaces", query ? query : base, NULL, limit,
+                   reply, err);
 out:
   free(encoded);
   free(query);
   return rc;
 }
 
+/* The next_page offsets that one listing has followed. */
+struct offset_history {
+  char **items;             /* owned strings */
+  size_t count;
+  size_t cap;
+};
+
+static bool offset_seen(const struct offset_history *h, const char *offset)
+{
+  /* A listing follows at most MAX_PAGES offsets, so a linear scan will do. */
+  for (size_t i = 0; i < h->count; i++) {
+    if (strcmp(h->items[i], offset) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* Moves OFFSET into H. Frees it and returns false when out of memory. */
+static bool offset_remember(struct offset_history *h, char *offset)
+{
+  if (h->count == h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 16;
+    char **grown = realloc(h->items, cap * sizeof(*grown));
+
+    if (!grown) {
+      free(offset);
+      return false;
+    }
+    h->items = grown;
+    h->cap = cap;
+  }
+  h->items[h->count++] = offset;
+  return true;
+}
+
+static void offset_history_free(struct offset_history *h)
+{
+  for (size_t i = 0; i < h->count; i++)
+    free(h->items[i]);
+  free(h->items);
+  memset(h, 0, sizeof(*h));
+}
+
+/* Fails a listing that ran past its deadline. CAUSE, when not "", is the
+ * error of the page request that the deadline cut short. */
+static enum client_result listing_timed_out(const struct call_limit *limit,
+                                            int pages, const char *cause,
+                                            struct client_error *err)
+{
+  return err_set(err, CLIENT_ERR_NETWORK, err->status, TIMEOUT_PREFIX " on "
+                 "GET /workspaces after %d pages: the listing took longer "
+                 "than its limit of %g s (%d times max_call_s)%s%s", pages,
+                 limit->max_s, LISTING_BUDGET_FACTOR, *cause ? "; " : "",
+                 cause);
+}
+
+/* Fails a listing that ran past its page count or its deadline. */
+static enum client_result check_listing_time(const struct call_limit *limit,
+                                             int pages,
+                                             struct client_error *err)
+{
+  if (pages >= MAX_PAGES)
+    return err_set(err, CLIENT_ERR_REPLY, err->status, "GET /workspaces "
+                   "returned more than %d pages; the listing does not end",
+                   MAX_PAGES);
+  if (now_s() >= limit->deadline)
+    return listing_timed_out(limit, pages, "", err);
+  return CLIENT_OK;
+}
+
 /*
  * Appends every page of GET /workspaces to LIST. *OFFSET_EXPIRED is set when
  * a later page failed with 400, the status the API returns for an expired
- * offset token.
+ * offset token. An offset that comes back a second time would repeat pages
+ * without end, so it fails the listing.
  */
 static enum client_result list_pages(struct client *c,
+                                     const struct call_limit *limit,
                                      struct client_workspace_list *list,
                                      bool *offset_expired,
                                      struct client_error *err)
 {
+  struct offset_history history = {0};
   struct buffer reply = {0};
   char *offset = NULL;
   enum client_result rc = CLIENT_OK;
 
   *offset_expired = false;
   for (int pages = 0;; pages++) {
-    if (pages == MAX_PAGES) {
-      rc = err_set(err, CLIENT_ERR_REPLY, err->status, "GET /workspaces "
-                   "returned more than %d pages; the listing does not end",
-                   MAX_PAGES);
+    rc = check_listing_time(limit, pages, err);
+    if (rc != CLIENT_OK)
       break;
+    rc = fetch_workspaces_page(c, limit, offset, &reply, err);
+    if (rc == CLIENT_ERR_NETWORK &&
+        now_s() >= limit->deadline - DEADLINE_SLACK_S) {
+      char cause[CLIENT_MESSAGE_MAX];
+
+      copy_line(cause, sizeof(cause), err->message);
+      rc = listing_timed_out(limit, pages, cause, err);
     }
-    rc = fetch_workspaces_page(c, offset, &reply, err);
     if (rc != CLIENT_OK) {
       *offset_expired = offset && rc == CLIENT_ERR_HTTP && err->status == 400;
       break;
     }
-    free(offset);
+    if (offset && !offset_remember(&history, offset)) {
+      offset = NULL;
+      rc = err_set(err, CLIENT_ERR_NOMEM, err->status,
+                   "out of memory while listing workspaces");
+      break;
+    }
     rc = client_decode_workspaces_page(reply.data, reply.len, list, &offset,
                                        err);
     buffer_free(&reply);
+    if (rc == CLIENT_OK && list->count > MAX_WORKSPACES)
+      rc = err_set(err, CLIENT_ERR_REPLY, err->status, "GET /workspaces "
+                   "returned more than %d workspaces, the limit of asanafs",
+                   MAX_WORKSPACES);
+    if (rc == CLIENT_OK && offset && offset_seen(&history, offset))
+      rc = err_set(err, CLIENT_ERR_REPLY, err->status, "Asana returned the "
+                   "same next_page offset twice while listing workspaces "
+                   "(after %d pages), so the listing would not end",
+                   pages + 1);
     if (rc != CLIENT_OK || !offset)
       break;
   }
   free(offset);
   buffer_free(&reply);
+  offset_history_free(&history);
   return rc;
 }
 
@@ -1685,19 +1856,27 @@ enum client_result client_list_workspaces(struct client *client,
 {
   struct client_error scratch = {0};
   struct client_workspace_list list = {0};
+  struct call_limit limit;
   bool offset_expired;
   enum client_result rc;
 
   if (!err)
     err = &scratch;
   memset(out, 0, sizeof(*out));
-  rc = list_pages(client, &list, &offset_expired, err);
+
+  /*
+   * One deadline, LISTING_BUDGET_FACTOR times max_call_s, covers all pages
+   * of the listing and the restart after an expired offset. Each page's
+   * request also keeps its own max_call_s budget.
+   */
+  limit = call_limit_start(client->max_call_s * LISTING_BUDGET_FACTOR);
+  rc = list_pages(client, &limit, &list, &offset_expired, err);
   if (rc != CLIENT_OK && offset_expired) {
     log_warn("GET /workspaces: a later page failed with 400 (%s). The offset "
              "token probably expired, so the listing restarts from the first "
              "page", err->message);
     client_workspace_list_clear(&list);
-    rc = list_pages(client, &list, &offset_expired, err);
+    rc = list_pages(client, &limit, &list, &offset_expired, err);
   }
   if (rc != CLIENT_OK) {
     client_workspace_list_clear(&list);
@@ -1717,24 +1896,23 @@ static enum client_result check_gid_argument(const char *gid, const char *what,
                  CLIENT_GID_MAX - 1);
 }
 
-enum client_result client_get_export(struct client *client, const char *gid,
+/* Does client_get_export() within LIMIT (see budget_start()). */
+static enum client_result get_export(struct client *client, const char *gid,
                                      bool want_url,
+                                     const struct call_limit *limit,
                                      struct client_export *out,
                                      struct client_error *err)
 {
-  struct client_error scratch = {0};
   struct buffer reply = {0};
   char path[64];
   enum client_result rc;
 
-  if (!err)
-    err = &scratch;
   memset(out, 0, sizeof(*out));
   rc = check_gid_argument(gid, "export", err);
   if (rc != CLIENT_OK)
     goto out;
   snprintf(path, sizeof(path), "/organization_exports/%s", gid);
-  rc = api_request(client, "GET", path, NULL, NULL, &reply, err);
+  rc = api_request(client, "GET", path, NULL, NULL, limit, &reply, err);
   if (rc == CLIENT_OK)
     rc = client_decode_export(reply.data, reply.len, want_url, out, err);
   if (rc == CLIENT_OK && strcmp(out->gid, gid) != 0) {
@@ -1745,6 +1923,16 @@ enum client_result client_get_export(struct client *client, const char *gid,
 out:
   buffer_free(&reply);
   return rc;
+}
+
+enum client_result client_get_export(struct client *client, const char *gid,
+                                     bool want_url,
+                                     struct client_export *out,
+                                     struct client_error *err)
+{
+  struct client_error scratch = {0};
+
+  return get_export(client, gid, want_url, NULL, out, err ? err : &scratch);
 }
 
 enum client_result client_create_export(struct client *client,
@@ -1765,8 +1953,8 @@ enum client_result client_create_export(struct client *client,
     goto out;
   /* A valid gid is only digits, so it needs no JSON escaping. */
   snprintf(body, sizeof(body), "{\"data\":{\"organization\":\"%s\"}}", org_gid);
-  rc = api_request(client, "POST", "/organization_exports", NULL, body, &reply,
-                   err);
+  rc = api_request(client, "POST", "/organization_exports", NULL, body, NULL,
+                   &reply, err);
   if (rc == CLIENT_OK)
     rc = client_decode_export(reply.data, reply.len, false, out, err);
 out:
@@ -1776,9 +1964,12 @@ out:
 
 /* ---- Storage transfers ---- */
 
-/* Fetches the export record and returns its fresh download URL in *URL. */
+/* Fetches the export record within LIMIT (see budget_start()) and returns
+ * its fresh download URL in *URL. */
 static enum client_result fetch_download_url(struct client *c,
-                                             const char *export_gid, char **url,
+                                             const char *export_gid,
+                                             const struct call_limit *limit,
+                                             char **url,
                                              struct client_error *err)
 {
   struct client_export record = {0};
@@ -1786,7 +1977,7 @@ static enum client_result fetch_download_url(struct client *c,
   enum client_result rc;
 
   *url = NULL;
-  rc = client_get_export(c, export_gid, true, &record, err);
+  rc = get_export(c, export_gid, true, limit, &record, err);
   if (rc != CLIENT_OK)
     goto out;
   if (record.state != CLIENT_EXPORT_FINISHED) {
@@ -1823,6 +2014,7 @@ static void free_secret(char **secret)
 
 /* Replaces *URL by a fresh one after a 403 or 410 from the storage host. */
 static enum client_result refresh_url(struct client *c, const char *export_gid,
+                                      const struct call_limit *limit,
                                       struct transfer *t, const struct budget *b,
                                       char **url, struct client_error *err)
 {
@@ -1831,7 +2023,7 @@ static enum client_result refresh_url(struct client *c, const char *export_gid,
            b->attempts + 1, b->max_attempts);
   free_secret(url);
   t->url = NULL;
-  if (fetch_download_url(c, export_gid, url, err) != CLIENT_OK)
+  if (fetch_download_url(c, export_gid, limit, url, err) != CLIENT_OK)
     return err->result;
   t->url = *url;
   return CLIENT_OK;
@@ -1849,17 +2041,25 @@ struct tail_state {
   uint64_t first, last, total;
   uint64_t count;           /* body bytes received */
   unsigned char bytes[8];   /* the last min(count, 8) body bytes */
-  char problem[160];        /* set when the reply breaks the Range contract */
+  char problem[256];        /* set when the reply breaks the Range contract */
 };
 
 static bool tail_begin(struct tail_state *s, const struct transfer *t)
 {
+  bool valid;
+
   s->started = true;
   if (t->headers.status != 206)
     return true;
-  if (!parse_content_range(t->headers.content_range, &s->first, &s->last,
-                           &s->total) || s->total == SIZE_UNKNOWN ||
-      s->last + 1 != s->total) {
+  valid = parse_content_range(t->headers.content_range, &s->first, &s->last,
+                              &s->total);
+  if (valid && archive_size_too_large(s->total)) {
+    snprintf(s->problem, sizeof(s->problem), "the storage host reported an "
+             "archive size of %" PRIu64 " bytes for %s, more than the limit "
+             "of %" PRIu64 " bytes", s->total, t->label, ARCHIVE_SIZE_MAX);
+    return false;
+  }
+  if (!valid || s->total == SIZE_UNKNOWN || s->last + 1 != s->total) {
     snprintf(s->problem, sizeof(s->problem), "the storage host sent an invalid "
              "Content-Range \"%.60s\" for %s", t->headers.content_range,
              t->label);
@@ -1889,8 +2089,10 @@ static bool tail_on_body(struct transfer *t, const char *data, size_t len)
 }
 
 /*
- * NOTE: when the storage host ignores Range, the tail request streams the
- * whole archive, and only the low-speed limit bounds that transfer's time.
+ * When the storage host ignores Range and replies 200, the whole archive
+ * streams through tail_on_body(), which keeps only the last 8 bytes.
+ * NOTE: such a host can size only an archive that streams within
+ * max_call_s, because tail attempts end when the call's budget does.
  */
 static enum client_result tail_finish(const struct tail_state *s,
                                       const struct transfer *t,
@@ -1911,6 +2113,11 @@ static enum client_result tail_finish(const struct tail_state *s,
     return err_set(err, CLIENT_ERR_REPLY, t->status, "%s found only %" PRIu64
                    " bytes, too few for a gzip trailer", t->label,
                    s->ranged ? s->count : size);
+  if (archive_size_too_large(size))
+    return err_set(err, CLIENT_ERR_REPLY, t->status, "the storage host sent "
+                   "an archive of %" PRIu64 " bytes for %s, more than the "
+                   "limit of %" PRIu64 " bytes", size, t->label,
+                   ARCHIVE_SIZE_MAX);
   *archive_size = size;
   memcpy(trailer, s->bytes, 8);
   err_ok(err, t->status);
@@ -1920,6 +2127,7 @@ static enum client_result tail_finish(const struct tail_state *s,
 /* Decides what follows a failed tail attempt: a retry (CLIENT_OK) or the
  * final error. */
 static enum client_result tail_judge(struct client *c, const char *export_gid,
+                                     const struct call_limit *limit,
                                      struct transfer *t, struct budget *b,
                                      char **url, bool *refreshed,
                                      struct client_error *err)
@@ -1930,7 +2138,7 @@ static enum client_result tail_judge(struct client *c, const char *export_gid,
     return err_set(err, CLIENT_ERR_REPLY, t->status, "%s", s->problem);
   if (storage_rejected_url(t) && !*refreshed && b->attempts < b->max_attempts) {
     *refreshed = true;
-    return refresh_url(c, export_gid, t, b, url, err);
+    return refresh_url(c, export_gid, limit, t, b, url, err);
   }
   return retry_or_fail(c, b, t, false, err);
 }
@@ -1943,6 +2151,7 @@ enum client_result client_archive_tail(struct client *client,
 {
   struct client_error scratch = {0};
   struct tail_state state;
+  struct call_limit limit;
   struct transfer t;
   struct budget b;
   char *url = NULL, label[96];
@@ -1954,16 +2163,22 @@ enum client_result client_archive_tail(struct client *client,
   snprintf(label, sizeof(label), "the archive tail of export %.40s",
            export_gid ? export_gid : "");
   transfer_init(&t, client, "GET", NULL, label, false);
+
+  /* One max_call_s budget covers the URL fetches and the tail attempts,
+   * and each attempt ends when the budget does, so a FUSE getattr that
+   * needs the size cannot hang on a slow storage host. */
+  limit = call_limit_start(client->max_call_s);
+  t.capped = true;
   rc = check_gid_argument(export_gid, "export", err);
   if (rc == CLIENT_OK)
-    rc = fetch_download_url(client, export_gid, &url, err);
+    rc = fetch_download_url(client, export_gid, &limit, &url, err);
   if (rc != CLIENT_OK)
     goto out;
   t.url = url;
   t.on_body = tail_on_body;
   t.ctx = &state;
   snprintf(t.range, sizeof(t.range), "-8");
-  budget_start(&b, client);
+  budget_start(&b, client, &limit);
   do {
     memset(&state, 0, sizeof(state));
     rc = run_attempt(client, &t, &b, err);
@@ -1972,7 +2187,8 @@ enum client_result client_archive_tail(struct client *client,
       break;
     }
     if (rc == CLIENT_OK)
-      rc = tail_judge(client, export_gid, &t, &b, &url, &refreshed, err);
+      rc = tail_judge(client, export_gid, &limit, &t, &b, &url, &refreshed,
+                      err);
   } while (rc == CLIENT_OK);
 out:
   transfer_release(&t);
@@ -2013,6 +2229,11 @@ static bool download_check_archive(struct download_state *d,
 {
   const char *etag = t->headers.etag;
 
+  if (archive_size_too_large(size))
+    return download_problem(d, "the storage host reported an archive size of "
+                            "%" PRIu64 " bytes for export %s, more than the "
+                            "limit of %" PRIu64 " bytes", size, d->export_gid,
+                            ARCHIVE_SIZE_MAX);
   if (size != SIZE_UNKNOWN && d->total != SIZE_UNKNOWN && size != d->total)
     return download_problem(d, "the archive of export %s changed during the "
                             "download: its size was %" PRIu64 " bytes and is "
@@ -2091,6 +2312,11 @@ static enum client_result download_unsatisfiable(struct download_state *d,
   uint64_t size = SIZE_UNKNOWN;
 
   parse_unsatisfied_range(t->headers.content_range, &size);
+  if (archive_size_too_large(size))
+    return err_set(err, CLIENT_ERR_REPLY, t->status, "the storage host "
+                   "reported an archive size of %" PRIu64 " bytes for export "
+                   "%s, more than the limit of %" PRIu64 " bytes", size,
+                   d->export_gid, ARCHIVE_SIZE_MAX);
   if (size == SIZE_UNKNOWN)
     size = d->total;
   if (size != SIZE_UNKNOWN && size == d->next &&
@@ -2148,7 +2374,7 @@ static enum client_result download_judge(struct client *c,
   if (storage_rejected_url(t)) {
     if (b->attempts >= b->max_attempts)
       return fail_transfer(t, b, err);
-    return refresh_url(c, d->export_gid, t, b, url, err);
+    return refresh_url(c, d->export_gid, NULL, t, b, url, err);
   }
   return retry_or_fail(c, b, t, false, err);
 }
@@ -2175,7 +2401,7 @@ static enum client_result download_step(struct client *c,
 
   /* Progress restarts the budget; this attempt counts as its first. */
   if (d->next > before) {
-    budget_start(b, c);
+    budget_start(b, c, NULL);
     b->attempts = 1;
   }
   return download_judge(c, d, t, b, url, d->next > before, done, err);
@@ -2205,13 +2431,13 @@ enum client_result client_download_archive(struct client *client,
   transfer_init(&t, client, "GET", NULL, label, false);
   rc = check_gid_argument(export_gid, "export", err);
   if (rc == CLIENT_OK)
-    rc = fetch_download_url(client, export_gid, &url, err);
+    rc = fetch_download_url(client, export_gid, NULL, &url, err);
   if (rc != CLIENT_OK)
     goto out;
   t.url = url;
   t.on_body = download_on_body;
   t.ctx = &state;
-  budget_start(&b, client);
+  budget_start(&b, client, NULL);
   while (rc == CLIENT_OK && !done)
     rc = download_step(client, &state, &t, &b, &url, &done, err);
 out:

@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -96,6 +97,7 @@ struct server {
   pthread_mutex_t lock;
   struct request requests[MAX_REQUESTS]; /* guarded by lock */
   int count;                             /* guarded by lock */
+  atomic_int accepted;  /* connections accepted */
   handler_fn handler;   /* used when set, else script */
   const struct canned *script;  /* request i gets entry min(i, len - 1) */
   int script_len;
@@ -217,6 +219,19 @@ static void finish_connection(int fd)
   close(fd);
 }
 
+/* Records REQ and returns its index among the requests of S. */
+static int server_record(struct server *s, const struct request *req)
+{
+  int index;
+
+  pthread_mutex_lock(&s->lock);
+  index = s->count;
+  if (s->count < MAX_REQUESTS)
+    s->requests[s->count++] = *req;
+  pthread_mutex_unlock(&s->lock);
+  return index;
+}
+
 static void serve_one(struct server *s, int fd)
 {
   struct request req;
@@ -224,11 +239,7 @@ static void serve_one(struct server *s, int fd)
 
   if (!read_request(fd, &req))
     return;
-  pthread_mutex_lock(&s->lock);
-  index = s->count;
-  if (s->count < MAX_REQUESTS)
-    s->requests[s->count++] = req;
-  pthread_mutex_unlock(&s->lock);
+  index = server_record(s, &req);
   if (s->handler) {
     s->handler(s, index, &req, fd);
   } else if (s->script_len > 0) {
@@ -251,6 +262,7 @@ static void *server_main(void *arg)
         continue;
       break;
     }
+    atomic_fetch_add(&s->accepted, 1);
     serve_one(s, fd);
     finish_connection(fd);
   }
@@ -979,6 +991,128 @@ static void test_paging_expired_offset(void)
   server_stop(&api);
 }
 
+/* Replies to every page with one workspace and the same next_page offset. */
+static void same_offset_handler(struct server *s, int index,
+                                const struct request *req, int fd)
+{
+  send_reply(fd, 200, NULL, "{\"data\":[{\"gid\":\"1\",\"name\":\"One\"}],"
+             "\"next_page\":{\"offset\":\"same\",\"path\":\"/x\"}}");
+}
+
+static void test_paging_repeated_offset(void)
+{
+  struct server api = { .handler = same_offset_handler };
+  struct client_workspace_list list = {0};
+  struct client_error err = {0};
+  struct client_config config;
+  struct client *c;
+  char url[96];
+  double start;
+  enum client_result rc;
+
+  if (!server_start(&api, "127.0.0.1"))
+    { CHECK(false); return; }
+  config = test_config(&api, url, sizeof(url));
+  c = new_client(&config);
+  start = now_s();
+  rc = client_list_workspaces(c, &list, &err);
+  CHECK_RESULT(rc, CLIENT_ERR_REPLY, err);
+  CHECK(now_s() - start < 1);
+  CHECK(server_count(&api) == 2);
+  CHECK(strstr(err.message, "the same next_page offset twice") != NULL);
+  CHECK(list.count == 0);
+  CHECK(list.items == NULL);
+  client_free(c);
+  server_stop(&api);
+}
+
+struct endless_ctx {
+  long delay_ms;        /* before each reply */
+  int pages;            /* pages served; only the server thread uses it */
+};
+
+/* Serves 100 new workspaces and a new offset on every page, without end.
+ * It counts pages itself, because the server records 32 requests at most. */
+static void endless_pages_handler(struct server *s, int index,
+                                  const struct request *req, int fd)
+{
+  struct endless_ctx *ctx = s->ctx;
+  int page = ctx->pages++;
+  char *body = malloc(16384);
+  size_t len = 0;
+
+  if (!body)
+    return;
+  sleep_ms(ctx->delay_ms);
+  len += (size_t)sprintf(body + len, "{\"data\":[");
+  for (int i = 0; i < 100; i++)
+    len += (size_t)sprintf(body + len, "%s{\"gid\":\"%d\",\"name\":\"W\"}",
+                           i ? "," : "", page * 100 + i + 1);
+  sprintf(body + len, "],\"next_page\":{\"offset\":\"page%d\",\"path\":\"/x\"}}",
+          page + 1);
+  send_reply(fd, 200, NULL, body);
+  free(body);
+}
+
+static void test_paging_item_cap(void)
+{
+  struct endless_ctx ctx = {0};
+  struct server api = { .handler = endless_pages_handler, .ctx = &ctx };
+  struct client_workspace_list list = {0};
+  struct client_error err = {0};
+  struct client_config config;
+  struct client *c;
+  char url[96];
+  enum client_result rc;
+
+  if (!server_start(&api, "127.0.0.1"))
+    { CHECK(false); return; }
+  config = test_config(&api, url, sizeof(url));
+  config.max_call_s = 30;
+  c = new_client(&config);
+  rc = client_list_workspaces(c, &list, &err);
+  CHECK_RESULT(rc, CLIENT_ERR_REPLY, err);
+  CHECK(strstr(err.message, "more than 100000 workspaces") != NULL);
+  CHECK(ctx.pages == 1001);
+  CHECK(list.count == 0);
+  client_free(c);
+  server_stop(&api);
+}
+
+static void test_paging_deadline(void)
+{
+  struct endless_ctx ctx = { .delay_ms = 100 };
+  struct server api = { .handler = endless_pages_handler, .ctx = &ctx };
+  struct client_workspace_list list = {0};
+  struct client_error err = {0};
+  struct client_config config;
+  struct client *c;
+  char url[96];
+  double start, elapsed;
+  enum client_result rc;
+
+  if (!server_start(&api, "127.0.0.1"))
+    { CHECK(false); return; }
+  config = test_config(&api, url, sizeof(url));
+  config.max_call_s = 0.5;
+  c = new_client(&config);
+  start = now_s();
+  rc = client_list_workspaces(c, &list, &err);
+  elapsed = now_s() - start;
+  CHECK_RESULT(rc, CLIENT_ERR_NETWORK, err);
+  CHECK(client_error_errno(&err) == ETIMEDOUT);
+  CHECK(strstr(err.message, "GET /workspaces") != NULL);
+  CHECK(strstr(err.message, "the listing took longer than its limit of 2 s") !=
+        NULL);
+  CHECK(strstr(err.message, "max_call_s") != NULL);
+  CHECK(ctx.pages >= 5);
+  CHECK(elapsed >= 1.9);
+  CHECK(elapsed < 3);
+  CHECK(list.count == 0);
+  client_free(c);
+  server_stop(&api);
+}
+
 /* Runs one API call against SCRIPT and returns the server's request count. */
 struct script_run {
   enum client_result rc;
@@ -1276,6 +1410,60 @@ static void test_post_dropped_not_retried(void)
   CHECK_RESULT(rc, CLIENT_ERR_NETWORK, err);
   CHECK(server_count(&api) == 4);
   CHECK(strstr(err.message, "after 3 attempts") != NULL);
+  client_free(c);
+  server_stop(&api);
+}
+
+#define KEEP_ALIVE_HEAD \
+  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n"
+
+/* Keeps the first connection open after its reply. A request that arrives
+ * on it is recorded and the connection closes without a reply, as when a
+ * keep-alive connection dies under a new request. Other connections get 201. */
+static void keep_alive_handler(struct server *s, int index,
+                               const struct request *req, int fd)
+{
+  struct request next;
+  char head[256];
+  int n;
+
+  if (index != 0) {
+    send_reply(fd, 201, NULL, EXPORT_BODY);
+    return;
+  }
+  n = snprintf(head, sizeof(head), KEEP_ALIVE_HEAD, strlen(EXPORT_BODY));
+  write_all(fd, head, (size_t)n);
+  write_all(fd, EXPORT_BODY, strlen(EXPORT_BODY));
+  if (wait_readable(fd, 500) && read_request(fd, &next))
+    server_record(s, &next);
+  shutdown(fd, SHUT_RDWR);
+}
+
+static void test_post_fresh_connection(void)
+{
+  struct server api = { .handler = keep_alive_handler };
+  struct client_export ex;
+  struct client_error err = {0};
+  struct client_config config;
+  struct client *c;
+  char url[96];
+  int posts = 0;
+  enum client_result rc;
+
+  if (!server_start(&api, "127.0.0.1"))
+    { CHECK(false); return; }
+  config = test_config(&api, url, sizeof(url));
+  c = new_client(&config);
+  rc = client_get_export(c, "1200", false, &ex, &err);
+  CHECK_RESULT(rc, CLIENT_OK, err);
+  client_export_clear(&ex);
+  rc = client_create_export(c, "14916", &ex, &err);
+  CHECK_RESULT(rc, CLIENT_OK, err);
+  client_export_clear(&ex);
+  for (int i = 0; i < server_count(&api); i++)
+    posts += strncmp(server_request(&api, i)->line, "POST ", 5) == 0;
+  CHECK(posts == 1);
+  CHECK(atomic_load(&api.accepted) == 2);
   client_free(c);
   server_stop(&api);
 }
@@ -1707,6 +1895,222 @@ static void test_tail_export_not_finished(void)
   rig_stop(&rig);
 }
 
+/* Replaces the rig's client by one with a time budget of MAX_CALL_S. */
+static void rig_set_budget(struct storage_rig *rig, double max_call_s)
+{
+  struct client_config config;
+  char url[96];
+
+  config = test_config(&rig->api, url, sizeof(url));
+  config.max_call_s = max_call_s;
+  config.low_speed_time_s = 30;
+  client_free(rig->client);
+  rig->client = new_client(&config);
+}
+
+/* Replies 200 to any Range and sends the body one byte per 100 ms, for at
+ * most 10 s or until the client hangs up. */
+static void trickle_handler(struct server *s, int index,
+                            const struct request *req, int fd)
+{
+  send_head(fd, 200, 1000000, NULL);
+  for (int i = 0; i < 100 && !atomic_load(&s->stop); i++) {
+    if (!write_all(fd, "x", 1))
+      return;
+    sleep_ms(100);
+  }
+}
+
+static void test_tail_trickle_times_out(void)
+{
+  struct storage_rig rig = {0};
+  struct client_error err = {0};
+  unsigned char trailer[8];
+  uint64_t size = 0;
+  double start, elapsed;
+  enum client_result rc;
+
+  if (!rig_start(&rig, 100, "finished"))
+    { CHECK(false); return; }
+  rig.storage.handler = trickle_handler;
+  rig_set_budget(&rig, 2);
+  start = now_s();
+  rc = client_archive_tail(rig.client, "1200", &size, trailer, &err);
+  elapsed = now_s() - start;
+  CHECK_RESULT(rc, CLIENT_ERR_NETWORK, err);
+  CHECK(client_error_errno(&err) == ETIMEDOUT);
+  CHECK(strstr(err.message, "timed out") != NULL);
+  CHECK(strstr(err.message, "archive tail of export 1200") != NULL);
+  CHECK(elapsed >= 1.5);
+  CHECK(elapsed < 3);
+  rig_stop(&rig);
+}
+
+/* The proxy variables that libcurl reads, which the proxy test saves,
+ * clears and restores. */
+static const char *const proxy_variables[] = {
+  "http_proxy", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY",
+};
+#define PROXY_VARIABLE_COUNT (sizeof(proxy_variables) / sizeof(proxy_variables[0]))
+
+static void save_proxy_variables(char *saved[PROXY_VARIABLE_COUNT])
+{
+  for (size_t i = 0; i < PROXY_VARIABLE_COUNT; i++) {
+    const char *value = getenv(proxy_variables[i]);
+
+    saved[i] = value ? strdup(value) : NULL;
+    unsetenv(proxy_variables[i]);
+  }
+}
+
+static void restore_proxy_variables(char *saved[PROXY_VARIABLE_COUNT])
+{
+  for (size_t i = 0; i < PROXY_VARIABLE_COUNT; i++) {
+    if (saved[i])
+      setenv(proxy_variables[i], saved[i], 1);
+    else
+      unsetenv(proxy_variables[i]);
+    free(saved[i]);
+  }
+}
+
+static void test_plain_http_skips_proxy(void)
+{
+  static const struct canned refuse[] = { { 502, NULL, "proxy" } };
+  struct server proxy = { .script = refuse, .script_len = 1 };
+  struct storage_rig rig = {0};
+  struct client_error err = {0};
+  struct sink_buffer sink = {0};
+  char *saved[PROXY_VARIABLE_COUNT];
+  unsigned char trailer[8];
+  uint64_t size = 0;
+  enum client_result rc;
+
+  if (!server_start(&proxy, "127.0.0.3"))
+    { CHECK(false); return; }
+  save_proxy_variables(saved);
+  setenv("http_proxy", proxy.base, 1);
+  setenv("all_proxy", proxy.base, 1);
+  if (!rig_start(&rig, 1000, "finished"))
+    { CHECK(false); restore_proxy_variables(saved); return; }
+  rc = client_archive_tail(rig.client, "1200", &size, trailer, &err);
+  CHECK_RESULT(rc, CLIENT_OK, err);
+  CHECK(size == 1000);
+  rc = client_download_archive(rig.client, "1200", 0, sink_append, &sink, &err);
+  CHECK_RESULT(rc, CLIENT_OK, err);
+  CHECK(sink.len == 1000);
+  CHECK(atomic_load(&proxy.accepted) == 0);
+  CHECK(server_count(&rig.api) == 2);
+  CHECK(server_count(&rig.storage) == 2);
+  free(sink.data);
+  rig_stop(&rig);
+  restore_proxy_variables(saved);
+  server_stop(&proxy);
+}
+
+#define EXPORT_REMOTE_HTTP                                                   \
+  "{\"data\":{\"gid\":\"1200\",\"state\":\"finished\","                      \
+  "\"download_url\":\"http://example.com/x?sig=SECRET7\"}}"
+
+static void test_plain_http_download_rejected(void)
+{
+  static const struct canned script[] = { { 200, NULL, EXPORT_REMOTE_HTTP } };
+  struct server api = { .script = script, .script_len = 1 };
+  struct client_error err = {0};
+  struct client_config config;
+  struct sink_buffer sink = {0};
+  struct client *c;
+  unsigned char trailer[8];
+  uint64_t size = 0;
+  char url[96];
+  enum client_result rc;
+
+  if (!server_start(&api, "127.0.0.1"))
+    { CHECK(false); return; }
+  config = test_config(&api, url, sizeof(url));
+  c = new_client(&config);
+  rc = client_archive_tail(c, "1200", &size, trailer, &err);
+  CHECK_RESULT(rc, CLIENT_ERR_CONFIG, err);
+  CHECK(strstr(err.message, "http://example.com/x") != NULL);
+  CHECK(strstr(err.message, "plain http") != NULL);
+  CHECK(strstr(err.message, "SECRET") == NULL);
+
+  rc = client_download_archive(c, "1200", 0, sink_append, &sink, &err);
+  CHECK_RESULT(rc, CLIENT_ERR_CONFIG, err);
+  CHECK(strstr(err.message, "http://example.com/x") != NULL);
+  CHECK(strstr(err.message, "SECRET") == NULL);
+  CHECK(sink.calls == 0);
+  CHECK(server_count(&api) == 2);
+  client_free(c);
+  server_stop(&api);
+}
+
+/* A storage host's reply that reports an archive size above INT64_MAX / 2. */
+struct huge_case {
+  bool download;        /* client_download_archive, else client_archive_tail */
+  struct canned reply;
+};
+
+/* Serves the raw reply of the context: status line, headers and an 8-byte
+ * body, with no Content-Length added. */
+static void raw_reply_handler(struct server *s, int index,
+                              const struct request *req, int fd)
+{
+  const struct canned *reply = s->ctx;
+  char head[512];
+  int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\nConnection: close\r\n"
+                   "%s\r\n", reply->status, reason_of(reply->status),
+                   reply->headers);
+
+  write_all(fd, head, (size_t)n);
+  write_all(fd, reply->body, strlen(reply->body));
+}
+
+static void test_archive_size_too_large(void)
+{
+  static const struct huge_case cases[] = {
+    { false, { 206, "Content-Range: bytes 0-7/18446744073709551000\r\n"
+               "Content-Length: 8\r\n", "ABCDEFGH" } },
+    { false, { 206, "Content-Range: bytes 18446744073709550992-"
+               "18446744073709550999/18446744073709551000\r\n"
+               "Content-Length: 8\r\n", "ABCDEFGH" } },
+    { false, { 206, "Content-Range: bytes 4611686018427387904-"
+               "4611686018427387911/4611686018427387912\r\n"
+               "Content-Length: 8\r\n", "ABCDEFGH" } },
+    { true, { 206, "Content-Range: bytes 0-7/18446744073709551000\r\n"
+              "Content-Length: 8\r\n", "ABCDEFGH" } },
+    { true, { 200, "Content-Length: 5000000000000000000\r\n", "ABCDEFGH" } },
+  };
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct storage_rig rig = {0};
+    struct client_error err = {0};
+    struct sink_buffer sink = {0};
+    unsigned char trailer[8];
+    uint64_t size = 0;
+    enum client_result rc;
+
+    if (!rig_start(&rig, 100, "finished"))
+      { CHECK(false); return; }
+    rig.storage.handler = raw_reply_handler;
+    rig.storage.ctx = (void *)&cases[i].reply;
+    if (cases[i].download)
+      rc = client_download_archive(rig.client, "1200", 0, sink_append, &sink,
+                                   &err);
+    else
+      rc = client_archive_tail(rig.client, "1200", &size, trailer, &err);
+    if (rc != CLIENT_ERR_REPLY)
+      printf("  case %zu gave %d, size %" PRIu64 ": %s\n", i, rc, size,
+             err.message);
+    CHECK(rc == CLIENT_ERR_REPLY);
+    CHECK(strstr(err.message, "more than the limit") != NULL);
+    CHECK(sink.len == 0);
+    CHECK(server_count(&rig.storage) == 1);
+    free(sink.data);
+    rig_stop(&rig);
+  }
+}
+
 /* Downloads export 1200 from OFFSET and checks the bytes against the source. */
 static enum client_result download_and_compare(struct storage_rig *rig,
                                                uint64_t offset,
@@ -1942,6 +2346,9 @@ static const struct test_case tests[] = {
   { "client_new config checks", test_client_new_config },
   { "paging over three pages", test_paging_three_pages },
   { "paging restarts on expired offset", test_paging_expired_offset },
+  { "paging stops on repeated offset", test_paging_repeated_offset },
+  { "paging stops at item cap", test_paging_item_cap },
+  { "paging stops at listing deadline", test_paging_deadline },
   { "429 waits for Retry-After", test_retry_after_header },
   { "503 twice then success", test_503_then_success },
   { "403 not retried", test_403_not_retried },
@@ -1956,6 +2363,7 @@ static const struct test_case tests[] = {
   { "export reply for another gid", test_invalid_reply_rejected },
   { "connection refused", test_connection_refused },
   { "dropped POST not retried", test_post_dropped_not_retried },
+  { "POST uses a fresh connection", test_post_fresh_connection },
   { "timeout maps to ETIMEDOUT", test_timeout },
   { "shutdown wakes Retry-After wait", test_shutdown_wakes_wait },
   { "shutdown aborts transfer", test_shutdown_aborts_transfer },
@@ -1965,6 +2373,10 @@ static const struct test_case tests[] = {
   { "tail redirect gets no token", test_tail_redirect_no_token },
   { "tail refreshes URL after 403", test_tail_refreshes_url },
   { "tail of unfinished export", test_tail_export_not_finished },
+  { "tail of trickled 200 times out", test_tail_trickle_times_out },
+  { "plain http skips env proxy", test_plain_http_skips_proxy },
+  { "plain http download URL rejected", test_plain_http_download_rejected },
+  { "archive size too large", test_archive_size_too_large },
   { "download whole archive", test_download_whole },
   { "download resumes after drop", test_download_resumes_after_drop },
   { "download 200 on resume", test_download_200_on_resume },

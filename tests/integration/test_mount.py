@@ -51,6 +51,23 @@ class MountTest(ArchiveTestCase):
                 self.assertNotIn(TOKEN.encode(), data, name)
                 self.assertNotIn(b"X-Signature", data, name)
 
+    def test_background_mount(self):
+        mount = self.mount(start=False)
+        os.makedirs(mount.path)
+        command = [arg for arg in mount.command() if arg != "-f"]
+        env = dict(os.environ, ASANA_ACCESS_TOKEN=TOKEN)
+        result = subprocess.run(command, capture_output=True, text=True,
+                                timeout=30, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        try:
+            self.assertTrue(os.path.ismount(mount.path))
+            self.assertIn(ORG, os.listdir(mount.p("orgs")))
+            gid, path = self.finished_export(mount)
+            self.assertEqual(sha256_file(path), self.sha)
+        finally:
+            subprocess.run(["fusermount3", "-u", mount.path], timeout=30)
+        self.assertFalse(os.path.ismount(mount.path))
+
     def test_single_threaded(self):
         mount = self.mount(args=["-s"])
         gid, path = self.finished_export(mount)

@@ -1494,6 +1494,9 @@ static void log_download_end(struct download *d, int ret)
              " bytes inflated)", d->gid, d->gz_written, d->json_written);
   else if (d->stopped)
     log_info("cache: download of export %s stopped: %s", d->gid, reason);
+  else if (ret == -ECANCELED)
+    log_info("cache: download of export %s stopped: the source was shut "
+             "down", d->gid);
   else
     log_error("cache: download of export %s failed: %s", d->gid, reason);
 }

@@ -67,6 +67,17 @@ static int make_client(struct fs_context *ctx)
   return 0;
 }
 
+/* Tells a reader waiting for a download to give up: its request was
+ * interrupted, or the file system is shutting down (SIGTERM, unmount),
+ * which waits for every request in flight. */
+static int request_cancelled(void)
+{
+  struct fuse *fuse = fuse_get_context()->fuse;
+
+  return fuse_interrupted() ||
+         (fuse && fuse_session_exited(fuse_get_session(fuse)));
+}
+
 static int make_cache(struct fs_context *ctx)
 {
   static struct cache_source source = {
@@ -76,7 +87,7 @@ static int make_cache(struct fs_context *ctx)
   struct cache_config config = {
     .dir = ctx->config->cache_dir,
     .max_bytes = ctx->config->cache_size,
-    .interrupted = fuse_interrupted,
+    .interrupted = request_cancelled,
   };
   char err[512] = "";
 
@@ -168,7 +179,9 @@ static int serve(struct fuse_args *args, struct fuse_cmdline_opts *opts,
     rc = fuse_loop_mt(fuse, loop_config);
     fuse_loop_cfg_destroy(loop_config);
   }
-  rc = rc ? 1 : 0;
+  /* libfuse returns the number of the signal that ended the loop; a
+   * SIGTERM, SIGINT or SIGHUP is a requested stop, not a failure. */
+  rc = (rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP) ? 0 : 1;
   fuse_remove_signal_handlers(fuse_get_session(fuse));
   log_info("unmounting %s", opts->mountpoint);
 out_unmount:

@@ -15,8 +15,10 @@
 
 #include "log.h"
 
-/* A file handle: what one open of a file reads or writes. */
+/* A file handle: what one open of a file reads or writes. Its node comes
+ * first, as in a folder handle, so that locate() reads either kind. */
 struct open_file {
+  struct node node;
   enum node_io io;
   enum cache_kind kind;
   struct cache_file *data;        /* IO_CACHE */
@@ -38,10 +40,25 @@ static struct open_file *handle(const struct fuse_file_info *fi)
   return (struct open_file *)(uintptr_t)fi->fh;
 }
 
-/* Resolves PATH to a node that exists and fills ST. */
-static int find_node(const char *path, struct node *node, struct stat *st)
+/* Resolves the node an operation is about: from PATH, or from the open
+ * handle when libfuse passes no path (see nullpath_ok in fs_init). */
+static int locate(const char *path, const struct fuse_file_info *fi,
+                  struct node *node)
 {
-  int rc = node_resolve(path, node);
+  if (path)
+    return node_resolve(path, node);
+  if (fi && fi->fh) {
+    *node = *(const struct node *)(uintptr_t)fi->fh;
+    return 0;
+  }
+  return -EBADF;
+}
+
+/* Resolves a node that exists and fills ST. */
+static int find_node(const char *path, const struct fuse_file_info *fi,
+                     struct node *node, struct stat *st)
+{
+  int rc = locate(path, fi, node);
 
   return rc < 0 ? rc : node_getattr(context(), node, st);
 }
@@ -56,6 +73,10 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
   cfg->entry_timeout = 1.0;
   cfg->attr_timeout = 1.0;
   cfg->negative_timeout = 0.0;
+  /* Without a path, reads of open files take no lock on the path in
+   * libfuse, so a reader waiting for a download does not hold up an rmdir
+   * of its export, which then stops that download. */
+  cfg->nullpath_ok = 1;
   /* Lets a reader waiting for a download give up on a signal; see
    * install_interrupt_handler() in fs.c. */
   cfg->intr = 1;
@@ -74,7 +95,7 @@ static int fs_getattr(const char *path, struct stat *st,
 {
   struct node node;
 
-  return find_node(path, &node, st);
+  return find_node(path, fi, &node, st);
 }
 
 struct fill_state {
@@ -96,7 +117,7 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
   struct fill_state state = { buf, filler };
   struct stat st;
   struct node node;
-  int rc = find_node(path, &node, &st);
+  int rc = find_node(path, fi, &node, &st);
 
   if (rc < 0)
     return rc;
@@ -106,6 +127,31 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
   filler(buf, "..", NULL, 0, 0);
   rc = node_list_children(context(), &node, fill_child, &state);
   return rc < 0 ? rc : 0;
+}
+
+static int fs_opendir(const char *path, struct fuse_file_info *fi)
+{
+  struct node *handle_node;
+  struct stat st;
+  struct node node;
+  int rc = find_node(path, NULL, &node, &st);
+
+  if (rc < 0)
+    return rc;
+  if (node.type->io != IO_DIR)
+    return -ENOTDIR;
+  handle_node = malloc(sizeof(*handle_node));
+  if (!handle_node)
+    return -ENOMEM;
+  *handle_node = node;
+  fi->fh = (uint64_t)(uintptr_t)handle_node;
+  return 0;
+}
+
+static int fs_releasedir(const char *path, struct fuse_file_info *fi)
+{
+  free((void *)(uintptr_t)fi->fh);
+  return 0;
 }
 
 static int fs_readlink(const char *path, char *buf, size_t size)
@@ -178,7 +224,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
   struct open_file *file = NULL;
   struct stat st;
   struct node node;
-  int rc = find_node(path, &node, &st);
+  int rc = find_node(path, NULL, &node, &st);
 
   if (rc < 0)
     return rc;
@@ -189,6 +235,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
   file = calloc(1, sizeof(*file));
   if (!file)
     return -ENOMEM;
+  file->node = node;
   file->io = node.type->io;
   if (file->io == IO_CACHE)
     rc = open_cached(ctx, &node, file, fi);
@@ -279,25 +326,33 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
   return 0;
 }
 
-/* Returns the errno for changing what PATH names: ENOENT when it does not
- * exist, else EACCES, since everything but `new` is read-only. */
-static int reject_change(const char *path)
+/* Returns the errno for changing a node: ENOENT when it does not exist,
+ * else EACCES, since everything but `new` is read-only. FI may be NULL. */
+static int reject_change(const char *path, const struct fuse_file_info *fi)
 {
   struct stat st;
   struct node node;
-  int rc = find_node(path, &node, &st);
+  int rc = find_node(path, fi, &node, &st);
 
   return rc < 0 ? rc : -EACCES;
 }
 
+/* Accepts a harmless change of `new` and rejects changes of anything else. */
+static int allow_control_only(const char *path, struct fuse_file_info *fi)
+{
+  struct stat st;
+  struct node node;
+  int rc = find_node(path, fi, &node, &st);
+
+  if (rc < 0)
+    return rc;
+  return node.type->io == IO_CONTROL ? 0 : -EACCES;
+}
+
 static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
-  struct node node;
-
   /* `echo > new` opens with O_TRUNC; there is nothing to truncate. */
-  if (node_resolve(path, &node) == 0 && node.type->io == IO_CONTROL)
-    return reject_change(path) == -EACCES ? 0 : -ENOENT;
-  return reject_change(path);
+  return allow_control_only(path, fi);
 }
 
 /* Splits PATH into its parent and last name. Returns -ENOENT for the root. */
@@ -321,7 +376,7 @@ static bool parent_is_exports(const char *path, struct node *parent)
   struct stat st;
 
   if (split_parent(path, parent_path, sizeof(parent_path), &name) < 0 ||
-      find_node(parent_path, parent, &st) < 0)
+      find_node(parent_path, NULL, parent, &st) < 0)
     return false;
   return strcmp(parent->type->pattern, "orgs/{gid}/exports") == 0;
 }
@@ -335,7 +390,7 @@ static int fs_mkdir(const char *path, mode_t mode)
   if (strlen(name) > NAME_MAX)
     return -ENAMETOOLONG;
   if (!parent_is_exports(path, &parent))
-    return reject_change(path) == -ENOENT ? -EACCES : -EEXIST;
+    return reject_change(path, NULL) == -ENOENT ? -EACCES : -EEXIST;
   if (!gid_valid(name)) {
     log_warn("mkdir %s: an export folder is named by its gid, a number",
              path);
@@ -352,7 +407,7 @@ static int fs_rmdir(const char *path)
   struct fs_context *ctx = context();
   struct stat st;
   struct node node;
-  int rc = find_node(path, &node, &st);
+  int rc = find_node(path, NULL, &node, &st);
 
   if (rc < 0)
     return rc;
@@ -369,46 +424,42 @@ static int fs_rmdir(const char *path)
 
 static int fs_unlink(const char *path)
 {
-  return reject_change(path);
+  return reject_change(path, NULL);
 }
 
 static int fs_rename(const char *from, const char *to, unsigned int flags)
 {
-  return reject_change(from);
+  return reject_change(from, NULL);
 }
 
 static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-  int rc = reject_change(path);
+  int rc = reject_change(path, NULL);
 
   return rc == -ENOENT ? -EACCES : -EEXIST;
 }
 
 static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-  return reject_change(path);
+  return reject_change(path, fi);
 }
 
 static int fs_chown(const char *path, uid_t uid, gid_t gid,
                     struct fuse_file_info *fi)
 {
-  return reject_change(path);
+  return reject_change(path, fi);
 }
 
 static int fs_utimens(const char *path, const struct timespec tv[2],
                       struct fuse_file_info *fi)
 {
-  struct node node;
-
   /* `touch new` is harmless; all other times are Asana's. */
-  if (node_resolve(path, &node) == 0 && node.type->io == IO_CONTROL)
-    return reject_change(path) == -EACCES ? 0 : -ENOENT;
-  return reject_change(path);
+  return allow_control_only(path, fi);
 }
 
 static int fs_symlink(const char *target, const char *path)
 {
-  int rc = reject_change(path);
+  int rc = reject_change(path, NULL);
 
   return rc == -ENOENT ? -EACCES : -EEXIST;
 }
@@ -431,7 +482,9 @@ const struct fuse_operations fs_operations = {
   .init = fs_init,
   .destroy = fs_destroy,
   .getattr = fs_getattr,
+  .opendir = fs_opendir,
   .readdir = fs_readdir,
+  .releasedir = fs_releasedir,
   .readlink = fs_readlink,
   .open = fs_open,
   .read = fs_read,

@@ -91,6 +91,47 @@ class MountTest(ArchiveTestCase):
         mount = self.mount(name="again")
         self.assertEqual(snapshot(mount), first)
 
+    def slow_far_reader(self, mount):
+        """Starts `tail -c 100` of an export whose download is throttled
+        to take minutes, and returns the reader and the export's gid."""
+        gid, path = self.finished_export(mount)
+        compressed = os.path.getsize(self.archive)
+        self.standin.fault(throttle={"bytes_per_second": compressed // 300,
+                                     "count": -1})
+        tail = subprocess.Popen(["tail", "-c", "100", path],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        entry = os.path.join(mount.cache_dir, "data", gid)
+        wait_for(lambda: os.path.exists(os.path.join(entry,
+                                                     "export.json.part")),
+                 10, what="the download to start")
+        return tail, gid
+
+    def test_rmdir_stops_waiting_reader(self):
+        mount = self.mount()
+        tail, gid = self.slow_far_reader(mount)
+        folder = mount.p("orgs", ORG, "exports", gid)
+        subprocess.run(["rmdir", folder], check=True, timeout=60)
+        self.assertFalse(os.path.exists(folder))
+        _, err = tail.communicate(timeout=60)
+        self.assertNotEqual(tail.returncode, 0)
+        self.assertIn("No such file or directory", err)
+        self.assertIn("stopped", mount.log())
+        self.assertNotIn("downloaded export " + gid, mount.log())
+        self.assertIsNone(mount.proc.poll())
+
+    def test_sigterm_stops_waiting_reader(self):
+        mount = self.mount()
+        tail, gid = self.slow_far_reader(mount)
+        mount.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(mount.proc.wait(timeout=60), 0)
+        tail.communicate(timeout=60)
+        self.assertNotEqual(tail.returncode, 0)
+        self.assertRegex(mount.log(), "download of export %s stopped" % gid)
+        self.assertNotIn("downloaded export " + gid, mount.log())
+        subprocess.run(["fusermount3", "-uz", mount.path], timeout=30)
+        mount.proc = None
+
     def test_kill_during_download_never_serves_partial(self):
         mount = self.mount()
         gid, path = self.finished_export(mount)

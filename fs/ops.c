@@ -110,6 +110,17 @@ static int fill_child(void *ctx, const char *name, const struct stat *st)
   return state->filler(state->buf, name, st, 0, FUSE_FILL_DIR_PLUS) ? 1 : 0;
 }
 
+/* Resolves a folder that exists and fills ST; -ENOTDIR for anything else. */
+static int find_folder(const char *path, const struct fuse_file_info *fi,
+                       struct node *node, struct stat *st)
+{
+  int rc = find_node(path, fi, node, st);
+
+  if (rc == 0 && node->type->io != IO_DIR)
+    rc = -ENOTDIR;
+  return rc;
+}
+
 static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
                       off_t offset, struct fuse_file_info *fi,
                       enum fuse_readdir_flags flags)
@@ -117,12 +128,10 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
   struct fill_state state = { buf, filler };
   struct stat st;
   struct node node;
-  int rc = find_node(path, fi, &node, &st);
+  int rc = find_folder(path, fi, &node, &st);
 
   if (rc < 0)
     return rc;
-  if (node.type->io != IO_DIR)
-    return -ENOTDIR;
   filler(buf, ".", &st, 0, 0);
   filler(buf, "..", NULL, 0, 0);
   rc = node_list_children(context(), &node, fill_child, &state);
@@ -134,12 +143,10 @@ static int fs_opendir(const char *path, struct fuse_file_info *fi)
   struct node *handle_node;
   struct stat st;
   struct node node;
-  int rc = find_node(path, NULL, &node, &st);
+  int rc = find_folder(path, NULL, &node, &st);
 
   if (rc < 0)
     return rc;
-  if (node.type->io != IO_DIR)
-    return -ENOTDIR;
   handle_node = malloc(sizeof(*handle_node));
   if (!handle_node)
     return -ENOMEM;
@@ -185,12 +192,12 @@ static int open_cached(struct fs_context *ctx, const struct node *node,
   file->kind = node->type->cache_kind;
   cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
   /* Complete data never changes, so the kernel may keep its pages from
-   * one open to the next. Data still arriving is read with direct I/O, for
-   * three reasons: the size of export.json from the gzip trailer may be
-   * short (several members, or over 4 GiB) and the kernel would cut reads
-   * there; no page of a download that later fails its check stays cached;
-   * and an open never waits on a page that another reader has locked while
-   * it waits for a distant range. */
+   * one open to the next. Data still arriving is read with direct I/O:
+   *  - the size of export.json from the gzip trailer may be short (several
+   *    members, or over 4 GiB), and the kernel would cut reads there;
+   *  - no page of a download that later fails its check stays cached;
+   *  - an open never waits on a page that another reader has locked while
+   *    it waits for a distant range. */
   fi->keep_cache = status.complete;
   fi->direct_io = !status.complete;
   return 0;
@@ -407,12 +414,10 @@ static int fs_rmdir(const char *path)
   struct fs_context *ctx = context();
   struct stat st;
   struct node node;
-  int rc = find_node(path, NULL, &node, &st);
+  int rc = find_folder(path, NULL, &node, &st);
 
   if (rc < 0)
     return rc;
-  if (node.type->io != IO_DIR)
-    return -ENOTDIR;
   if (strcmp(node.type->pattern, "orgs/{gid}/exports/{gid}") != 0)
     return -EACCES;
   rc = registry_forget_export(ctx->registry, node.param[PARAM_ORG],

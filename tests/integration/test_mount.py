@@ -116,7 +116,9 @@ class MountTest(ArchiveTestCase):
         _, err = tail.communicate(timeout=60)
         self.assertNotEqual(tail.returncode, 0)
         self.assertIn("No such file or directory", err)
-        self.assertIn("stopped", mount.log())
+        # The download notices the drop when its next bytes arrive.
+        wait_for(lambda: "download of export %s stopped" % gid in mount.log(),
+                 30, what="the download to stop")
         self.assertNotIn("downloaded export " + gid, mount.log())
         self.assertIsNone(mount.proc.poll())
 

@@ -1366,7 +1366,7 @@ static int publish_progress(struct download *d)
 
   pthread_mutex_lock(&cache->lock);
   /* The last byte of each file is shown only once the whole archive was
-   * verified (gzip CRC and length, archive size), so a reader that reads to
+   * verified (gzip CRC and length, archive size). So a reader that reads to
    * the end of a corrupt or truncated archive gets EIO, never a clean end. */
   e->gz_ready = hold_back_last_byte(d->gz_written, e->gz_size);
   e->json_ready = hold_back_last_byte(d->json_written, e->json_size);
@@ -1666,11 +1666,10 @@ out:
   return ret;
 }
 
-/* Keeps one handle from being served bytes of two downloads: the kernel
- * may still cache pages a handle got from a download that later failed its
- * check, and mixing them with a new download would yield a clean but wrong
- * file. Such a handle gets EIO; a new open starts afresh. Caller holds
- * cache->lock. */
+/* Keeps one handle from being served bytes of two downloads. A download
+ * that fails its check may have served bytes already, and mixing them with
+ * a new download would yield a clean but wrong file. Such a handle gets
+ * EIO, and a new open starts afresh. Caller holds cache->lock. */
 static int check_same_download(struct cache_file *file)
 {
   struct entry *e = file->entry;
@@ -1692,8 +1691,8 @@ static int check_same_download(struct cache_file *file)
  * the byte count to read, 0 at or past the end, and when it is not 0, *FILES
  * to a new reference to the data files. Caller holds cache->lock.
  * NOTE: bytes are served as they are inflated, before the gzip member's CRC
- * is checked, so a reader that stops early may get wrong bytes of a corrupt
- * archive; one that reads to the end gets EIO. */
+ * is checked. A reader that stops early may get wrong bytes of a corrupt
+ * archive, but one that reads to the end gets EIO. */
 static int wait_for_range(struct cache *cache, struct cache_file *file,
                           enum cache_kind kind, uint64_t off, size_t size,
                           struct data_files **files, size_t *len)

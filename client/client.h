@@ -3,7 +3,7 @@
  *
  * Every call is synchronous. One call is one logical request, which may
  * take several HTTP attempts; client_retry_decide() is the only place that
- * says which failures are temporary:
+ * decides which failures are temporary:
  *   - 429 waits for the Retry-After header (seconds);
  *   - 500, 502, 503, 504, timeouts and dropped connections back off
  *     exponentially with jitter, capped at a maximum delay;

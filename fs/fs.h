@@ -7,7 +7,7 @@
  * reads. Operations (ops.c) resolve a path to a row and call its callbacks,
  * so a new kind of Asana resource is a few new rows, not new operations.
  *
- * What asanafs knows about Asana lives in the registry (registry.c): the
+ * The Asana records that asanafs keeps live in the registry (registry.c): the
  * workspace list and the exports created or adopted through the mount.
  * Both are saved under the cache folder, so after a remount a complete
  * export is found and served without any network request. Records that can

@@ -69,9 +69,9 @@ static int root_getattr(struct fs_context *ctx, const struct node *node,
 {
   struct gid_list list = {0};
 
-  /* The folders' mtime is that of the workspace list, so learn the list
-   * first if this mount has never seen it; otherwise the time would change
-   * from 0 on the first listing. The root stays usable when that fails. */
+  /* The folders' mtime is that of the workspace list. Fetch the list first
+   * if this mount has never seen it, or the time would change from 0 on the
+   * first listing. The root stays usable when that fetch fails. */
   if (registry_orgs_mtime(ctx->registry) == 0)
     registry_list_workspaces(ctx->registry, &list);
   gid_list_clear(&list);

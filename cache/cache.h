@@ -52,7 +52,7 @@
 /* Receives archive bytes in order; returns 0 to go on, non-zero to stop. */
 typedef int (*cache_sink_fn)(void *sink_ctx, const void *buf, size_t len);
 
-/* Where archives come from; in asanafs these call the client module. */
+/* Source of the archives. In asanafs its callbacks call the client module. */
 struct cache_source {
   void *ctx;
   /* Sets the archive size and its last 8 bytes. Returns 0 or -errno. */

@@ -43,9 +43,9 @@
 #define MAX_WORKSPACES 100000          /* workspaces of one listing */
 #define LISTING_BUDGET_FACTOR 4        /* a listing may take 4 times max_call_s */
 
-/* How early a transfer may time out before its deadline, in seconds.
- * budget_ms_left() rounds down to whole milliseconds, and libcurl measures
- * CURLOPT_TIMEOUT_MS on its own clock. */
+/* Allowance, in seconds, for a transfer that times out just before its
+ * deadline: budget_ms_left() rounds down to whole milliseconds, and libcurl
+ * measures CURLOPT_TIMEOUT_MS on its own clock. */
 #define DEADLINE_SLACK_S 0.01
 #define ERROR_BODY_MAX ((size_t)64 << 10) /* kept of a storage host's error reply */
 #define HEADER_VALUE_MAX 256           /* longer header values count as missing */
@@ -2034,7 +2034,7 @@ static bool storage_rejected_url(const struct transfer *t)
   return t->code == CURLE_OK && (t->status == 403 || t->status == 410);
 }
 
-/* What a reply to "Range: bytes=-8" delivered for the archive tail. */
+/* Progress of a reply to "Range: bytes=-8" for the archive tail. */
 struct tail_state {
   bool started;
   bool ranged;              /* a 206 with a valid Content-Range */

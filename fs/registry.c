@@ -112,6 +112,18 @@ void gid_list_clear(struct gid_list *list)
   list->count = 0;
 }
 
+/* Sets *COPY to a malloc'd copy of LEN bytes of TEXT. */
+static int copy_text(const char *text, size_t len, char **copy,
+                     size_t *copy_len)
+{
+  *copy = malloc(len ? len : 1);
+  if (!*copy)
+    return -ENOMEM;
+  memcpy(*copy, text, len);
+  *copy_len = len;
+  return 0;
+}
+
 /* ---- Files ---- */
 
 /* Writes DATA to PATH through a temporary file and rename, so that a
@@ -432,12 +444,7 @@ int registry_get_workspace(struct registry *registry, const char *gid,
     memcpy(out->gid, item->gid, sizeof(out->gid));
     out->is_organization = item->is_organization;
     out->mtime = item->mtime;
-    out->json = malloc(item->json_len);
-    out->json_len = item->json_len;
-    if (out->json)
-      memcpy(out->json, item->json, item->json_len);
-    else
-      rc = -ENOMEM;
+    rc = copy_text(item->json, item->json_len, &out->json, &out->json_len);
   }
   pthread_mutex_unlock(&registry->lock);
   return rc;
@@ -630,10 +637,8 @@ static int fetch_export(struct registry *r, const char *org, const char *gid)
   if (e && !e->forgotten) {
     changed = apply_export(e, &x);
     e->fetched_at = monotonic_now();
-    if (changed && (info = malloc(e->info_len)) != NULL) {
-      memcpy(info, e->info, e->info_len);
-      info_len = e->info_len;
-    }
+    if (changed)
+      copy_text(e->info, e->info_len, &info, &info_len);
   }
   pthread_mutex_unlock(&r->lock);
   if (info)
@@ -705,12 +710,7 @@ int registry_get_export(struct registry *registry, const char *org,
     memcpy(out->org_gid, e->org_gid, sizeof(out->org_gid));
     out->state = e->state;
     out->created_time = e->created_time;
-    out->info = malloc(e->info_len);
-    out->info_len = e->info_len;
-    if (out->info)
-      memcpy(out->info, e->info, e->info_len);
-    else
-      rc = -ENOMEM;
+    rc = copy_text(e->info, e->info_len, &out->info, &out->info_len);
   }
   pthread_mutex_unlock(&registry->lock);
   return rc;
@@ -779,13 +779,10 @@ static int add_export(struct registry *r, const char *org,
   if (!e)
     return -ENOMEM;
   e->fetched_at = monotonic_now();
-  info = malloc(e->info_len);
-  if (!info) {
+  if (copy_text(e->info, e->info_len, &info, &info_len) < 0) {
     free_export(e);
     return -ENOMEM;
   }
-  memcpy(info, e->info, e->info_len);
-  info_len = e->info_len;
   pthread_mutex_lock(&r->lock);
   if (find_export(r, org, x->gid)) {
     pthread_mutex_unlock(&r->lock);

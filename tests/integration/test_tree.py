@@ -115,17 +115,23 @@ class TreeTest(MountTestCase):
         self.assertIn("Not Authorized", log)
         self.assertNotIn("wrong-token", log)
 
+    def mount_fails(self, mount, env=None):
+        """Runs the mount command, expects it to fail and mount nothing,
+        and returns its stderr."""
+        result = subprocess.run(mount.command(), capture_output=True, text=True,
+                                timeout=30, env=env)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertFalse(os.path.ismount(mount.path))
+        return result.stderr
+
     def test_missing_token_mounts_nothing(self):
         mount = self.mount(token=None, start=False)
         os.makedirs(mount.path)
         env = dict(os.environ)
         env.pop("ASANA_ACCESS_TOKEN", None)
-        result = subprocess.run(mount.command(), capture_output=True, text=True,
-                                timeout=30, env=env)
-        self.assertNotEqual(result.returncode, 0)
-        self.assertIn("ASANA_ACCESS_TOKEN", result.stderr)
-        self.assertIn("token_file", result.stderr)
-        self.assertFalse(os.path.ismount(mount.path))
+        stderr = self.mount_fails(mount, env)
+        self.assertIn("ASANA_ACCESS_TOKEN", stderr)
+        self.assertIn("token_file", stderr)
 
     def test_token_file(self):
         token_file = os.path.join(self.workdir, "token")
@@ -135,17 +141,11 @@ class TreeTest(MountTestCase):
         mount = self.mount(options=["token_file=" + token_file], token=None,
                            start=False)
         os.makedirs(mount.path)
-        result = subprocess.run(mount.command(), capture_output=True, text=True,
-                                timeout=30)
-        self.assertNotEqual(result.returncode, 0)
-        self.assertIn("chmod 600", result.stderr)
+        self.assertIn("chmod 600", self.mount_fails(mount))
         with open(token_file, "w") as f:
             f.write("\n")
         os.chmod(token_file, 0o600)
-        result = subprocess.run(mount.command(), capture_output=True, text=True,
-                                timeout=30)
-        self.assertNotEqual(result.returncode, 0)
-        self.assertIn("is empty", result.stderr)
+        self.assertIn("is empty", self.mount_fails(mount))
         with open(token_file, "w") as f:
             f.write("standin-token\n")
         mount.start()
@@ -156,11 +156,7 @@ class TreeTest(MountTestCase):
         with open(mount.path, "w") as f:
             f.write("not a folder")
         env = dict(os.environ, ASANA_ACCESS_TOKEN="standin-token")
-        result = subprocess.run(mount.command(), capture_output=True, text=True,
-                                timeout=30, env=env)
-        self.assertNotEqual(result.returncode, 0)
-        self.assertIn("not a folder", result.stderr)
-        self.assertFalse(os.path.ismount(mount.path))
+        self.assertIn("not a folder", self.mount_fails(mount, env))
 
     def test_first_rsync_of_fresh_mount_is_stable(self):
         mount = self.mount()

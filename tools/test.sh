@@ -6,6 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 
 sh tools/setup.sh || exit 1
+rm -f build/reliability.jsonl
 meson test -C build --print-errorlogs --num-processes 1 "$@"
 status=$?
 python3 tests/summarize.py build/meson-logs/testlog.json

@@ -7,6 +7,7 @@ stalling the suite.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -201,6 +202,23 @@ class ArchiveTestCase(MountTestCase):
         path = mount.p("orgs", ORG, "exports", gid, "export.json")
         os.stat(path)
         return gid, path
+
+
+def record_trials(area, case, trials, failures, result):
+    """Appends one row to the reliability table behind docs/RELIABILITY.md.
+
+    AREA is a group such as "fault", "bad input" or "security"; CASE was
+    tried TRIALS times and FAILURES of those went wrong; RESULT describes
+    in a few words what a user saw. Rows go to $ASANAFS_RELIABILITY_LOG as
+    JSON lines, and nothing is written without that variable."""
+    path = os.environ.get("ASANAFS_RELIABILITY_LOG")
+    if not path:
+        return
+    row = {"area": area, "case": case, "trials": int(trials),
+           "failures": int(failures), "result": result,
+           "test": os.path.basename(sys.argv[0])}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def main():

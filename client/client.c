@@ -1962,6 +1962,42 @@ out:
   return rc;
 }
 
+enum client_result client_get_me(struct client *client,
+                                 struct client_user *out,
+                                 struct client_error *err)
+{
+  struct client_error scratch = {0};
+  struct buffer reply = {0};
+  json_t *root = NULL, *data;
+  const char *name;
+  enum client_result rc;
+
+  if (!err)
+    err = &scratch;
+  memset(out, 0, sizeof(*out));
+  rc = api_request(client, "GET", "/users/me", "opt_fields=name", NULL, NULL,
+                   &reply, err);
+  if (rc != CLIENT_OK)
+    goto out;
+  root = load_reply(reply.data, reply.len, "GET /users/me", err);
+  if (!root) {
+    rc = CLIENT_ERR_REPLY;
+    goto out;
+  }
+  data = json_object_get(root, "data");
+  if (!copy_gid(json_object_get(data, "gid"), out->gid)) {
+    rc = err_set(err, CLIENT_ERR_REPLY, err->status, "the GET /users/me "
+                 "reply has no user gid");
+    goto out;
+  }
+  name = json_string_value(json_object_get(data, "name"));
+  snprintf(out->name, sizeof(out->name), "%s", name ? name : "");
+out:
+  json_decref(root);
+  buffer_free(&reply);
+  return rc;
+}
+
 /* ---- Storage transfers ---- */
 
 /* Fetches the export record within LIMIT (see budget_start()) and returns

@@ -126,7 +126,19 @@ struct client_export {
 /* Releases what an export record owns and zeroes it. */
 void client_export_clear(struct client_export *export_record);
 
+/* The user a token belongs to. */
+struct client_user {
+  char gid[CLIENT_GID_MAX];
+  char name[128];             /* cut to fit; "" when missing */
+};
+
 /* ---- Calls ---- */
+
+/* GET /users/me: checks that Asana accepts the token. A rejected token
+ * fails with CLIENT_ERR_HTTP and status 401 (or 403). */
+enum client_result client_get_me(struct client *client,
+                                 struct client_user *out,
+                                 struct client_error *err);
 
 /* GET /workspaces?limit=100&opt_fields=name,is_organization, following
  * next_page to the end. */

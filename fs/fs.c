@@ -5,6 +5,7 @@
 #include "fs.h"
 #include "internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <limits.h>
@@ -61,8 +62,9 @@ static int make_client(struct fs_context *ctx)
   };
 
   if (client_new(&config, &ctx->client, &err) != CLIENT_OK) {
-    fprintf(stderr, "asanafs: %s\n", err.message);
-    return 1;
+    fprintf(stderr, "asanafs: invalid api_url=%s: %s\n", config.api_url,
+            err.message);
+    return err.result == CLIENT_ERR_NOMEM ? FS_EXIT_API : FS_EXIT_USAGE;
   }
   return 0;
 }
@@ -92,14 +94,12 @@ static int make_cache(struct fs_context *ctx)
   char err[512] = "";
 
   source.ctx = ctx->client;
-  if (cache_new(&config, &source, &ctx->cache, err, sizeof(err)) < 0) {
-    fprintf(stderr, "asanafs: %s\n", err);
-    return 1;
-  }
-  if (registry_new(ctx->config->cache_dir, ctx->client, ctx->config->state_ttl,
+  if (cache_new(&config, &source, &ctx->cache, err, sizeof(err)) < 0 ||
+      registry_new(ctx->config->cache_dir, ctx->client, ctx->config->state_ttl,
                    &ctx->registry, err, sizeof(err)) < 0) {
-    fprintf(stderr, "asanafs: %s\n", err);
-    return 1;
+    fprintf(stderr, "asanafs: %s; make it a folder that you own and can "
+                    "write, or pass another with -o cache_dir=DIR\n", err);
+    return FS_EXIT_CACHE;
   }
   return 0;
 }
@@ -143,21 +143,109 @@ static int install_interrupt_handler(void)
   return sigaction(SIGUSR1, &action, NULL);
 }
 
+/* ---- Messages of libfuse ----
+ * libfuse and fusermount3 print their own errors to stderr, sometimes on
+ * several lines. While asanafs creates and mounts the file system, stderr
+ * goes to a temporary file, so that a failure is reported as one line. */
+
+struct captured_stderr {
+  FILE *file;                 /* NULL when capturing failed */
+  int saved_fd;
+};
+
+static void capture_stderr(struct captured_stderr *capture)
+{
+  fflush(stderr);
+  capture->saved_fd = -1;
+  capture->file = tmpfile();
+  if (!capture->file)
+    return;
+  capture->saved_fd = dup(STDERR_FILENO);
+  if (capture->saved_fd < 0 ||
+      dup2(fileno(capture->file), STDERR_FILENO) < 0) {
+    if (capture->saved_fd >= 0)
+      close(capture->saved_fd);
+    fclose(capture->file);
+    capture->file = NULL;
+  }
+}
+
+/* Restores stderr and writes what was printed meanwhile into OUT as one
+ * line: lines are joined with "; " and libfuse's "fuse: " prefix is cut. */
+static void release_stderr(struct captured_stderr *capture, char *out,
+                           size_t out_len)
+{
+  char line[512];
+  size_t used = 0;
+
+  out[0] = '\0';
+  if (!capture->file)
+    return;
+  fflush(stderr);
+  dup2(capture->saved_fd, STDERR_FILENO);
+  close(capture->saved_fd);
+  rewind(capture->file);
+  while (fgets(line, sizeof(line), capture->file) && used + 1 < out_len) {
+    char *text = line;
+
+    text[strcspn(text, "\r\n")] = '\0';
+    if (strncmp(text, "fuse: ", 6) == 0)
+      text += 6;
+    if (!*text)
+      continue;
+    used += (size_t)snprintf(out + used, out_len - used, "%s%s",
+                             used ? "; " : "", text);
+  }
+  fclose(capture->file);
+}
+
+/* Creates the FUSE file system, which also checks libfuse's options.
+ * Returns NULL after printing the reason. */
+static struct fuse *create_fuse(struct fuse_args *args, struct fs_context *ctx)
+{
+  struct captured_stderr capture;
+  struct fuse *fuse;
+  char reason[1024];
+
+  capture_stderr(&capture);
+  fuse = fuse_new(args, &fs_operations, sizeof(fs_operations), ctx);
+  release_stderr(&capture, reason, sizeof(reason));
+  if (!fuse)
+    fprintf(stderr, "asanafs: %s; see asanafs --help\n",
+            reason[0] ? reason : "libfuse rejected the options");
+  return fuse;
+}
+
+static int mount_fuse(struct fuse *fuse, const char *mountpoint)
+{
+  struct captured_stderr capture;
+  char reason[1024];
+  int rc;
+
+  capture_stderr(&capture);
+  rc = fuse_mount(fuse, mountpoint);
+  release_stderr(&capture, reason, sizeof(reason));
+  if (rc != 0) {
+    fprintf(stderr, "asanafs: mounting %s failed: %s; check that /dev/fuse "
+                    "exists (modprobe fuse) and that fusermount3 is "
+                    "installed\n", mountpoint,
+            reason[0] ? reason : "libfuse gave no reason");
+    return FS_EXIT_FUSE;
+  }
+  return 0;
+}
+
 /* Mounts and runs the FUSE loop until unmounted or signalled. */
-static int serve(struct fuse_args *args, struct fuse_cmdline_opts *opts,
+static int serve(struct fuse *fuse, struct fuse_cmdline_opts *opts,
                  struct fs_context *ctx, int log_level)
 {
   struct fuse_loop_config *loop_config = NULL;
-  struct fuse *fuse;
-  int rc = 1;
+  int rc;
 
-  if (install_interrupt_handler() != 0)
-    return 1;
-  fuse = fuse_new(args, &fs_operations, sizeof(fs_operations), ctx);
-  if (!fuse)
-    return 1;
-  if (fuse_mount(fuse, opts->mountpoint) != 0)
-    goto out_destroy;
+  rc = mount_fuse(fuse, opts->mountpoint);
+  if (rc)
+    return rc;
+  rc = FS_EXIT_FUSE;
   if (fuse_daemonize(opts->foreground) != 0)
     goto out_unmount;
   if (!opts->foreground)
@@ -186,28 +274,142 @@ static int serve(struct fuse_args *args, struct fuse_cmdline_opts *opts,
   log_info("unmounting %s", opts->mountpoint);
 out_unmount:
   fuse_unmount(fuse);
-out_destroy:
-  fuse_destroy(fuse);
   return rc;
 }
 
-/* Rejects a mount point that is missing or not a folder, which libfuse
- * would otherwise mount over and serve only errors from. */
-static int check_mount_point(const char *path)
-{
-  struct stat st;
+/* ---- Checks before mounting ---- */
 
-  if (stat(path, &st) < 0) {
-    fprintf(stderr, "asanafs: cannot use mount point %s: %s\n", path,
-            strerror(errno));
-    return 1;
+/* Fails unless PATH is a folder with no entries but "." and "..". */
+static int check_empty_folder(const char *path)
+{
+  DIR *dir = opendir(path);
+  struct dirent *entry;
+  bool empty = true;
+
+  if (!dir) {
+    fprintf(stderr, "asanafs: cannot read mount point %s: %s; check its "
+                    "permissions\n", path, strerror(errno));
+    return FS_EXIT_MOUNT_POINT;
   }
-  if (!S_ISDIR(st.st_mode)) {
-    fprintf(stderr, "asanafs: mount point %s is not a folder; create one "
-                    "with mkdir\n", path);
-    return 1;
+  while (empty && (entry = readdir(dir)) != NULL)
+    empty = strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0;
+  closedir(dir);
+  if (!empty) {
+    fprintf(stderr, "asanafs: mount point %s is not empty; use an empty "
+                    "folder, or pass -o nonempty to hide its files while "
+                    "mounted\n", path);
+    return FS_EXIT_MOUNT_POINT;
   }
   return 0;
+}
+
+/* Checks the mount point and sets OPTS->mountpoint to its absolute path.
+ * libfuse would mount over a file or a folder with files, and a missing one
+ * would fail only after the checks that need the network. */
+static int check_mount_point(const struct fs_config *config,
+                             struct fuse_cmdline_opts *opts)
+{
+  const char *path = config->mountpoint;
+  char resolved[PATH_MAX];
+  struct stat st;
+
+  if (stat(path, &st) < 0 && errno == ENOENT) {
+    fprintf(stderr, "asanafs: mount point %s does not exist; create it with "
+                    "mkdir -p %s\n", path, path);
+    return FS_EXIT_MOUNT_POINT;
+  }
+  if (stat(path, &st) < 0 && errno == ENOTCONN) {
+    fprintf(stderr, "asanafs: mount point %s is a FUSE mount whose process "
+                    "ended; run fusermount3 -u %s first\n", path, path);
+    return FS_EXIT_MOUNT_POINT;
+  }
+  if (stat(path, &st) < 0 || !realpath(path, resolved)) {
+    fprintf(stderr, "asanafs: cannot use mount point %s: %s; check its "
+                    "permissions\n", path, strerror(errno));
+    return FS_EXIT_MOUNT_POINT;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    fprintf(stderr, "asanafs: mount point %s is not a folder; create a "
+                    "folder with mkdir and mount there\n", path);
+    return FS_EXIT_MOUNT_POINT;
+  }
+  if (!config->nonempty && check_empty_folder(resolved))
+    return FS_EXIT_MOUNT_POINT;
+  opts->mountpoint = strdup(resolved);
+  return opts->mountpoint ? 0 : FS_EXIT_MOUNT_POINT;
+}
+
+/* Asks Asana who the token belongs to, so that a rejected token or an
+ * unreachable API fails the start instead of every later operation. Retry
+ * warnings stay quiet unless -d, because a failing start prints one line. */
+static int check_token(struct fs_context *ctx, int log_level)
+{
+  struct client_error err = {0};
+  struct client_user user;
+  char api[512];
+  enum client_result result;
+
+  log_init(false, log_level == LOG_DEBUG ? LOG_DEBUG : LOG_ERR);
+  result = client_get_me(ctx->client, &user, &err);
+  log_init(false, log_level);
+  if (result == CLIENT_OK) {
+    log_debug("Asana accepted the token of user %s", user.gid);
+    return 0;
+  }
+  if (result == CLIENT_ERR_HTTP && (err.status == 401 || err.status == 403)) {
+    fprintf(stderr, "asanafs: Asana rejected the token: %s; create a new "
+                    "token in Asana's developer console and pass it in "
+                    "ASANA_ACCESS_TOKEN or -o token_file\n", err.message);
+    return FS_EXIT_TOKEN;
+  }
+  log_redact_url(ctx->config->api_url, api, sizeof(api));
+  fprintf(stderr, "asanafs: checking the token at %s failed: %s; check the "
+                  "network and api_url, or raise -o timeout (now %u s)\n",
+          api, err.message, ctx->config->timeout);
+  return FS_EXIT_API;
+}
+
+static void print_missing_mount_point(const char *program)
+{
+  fprintf(stderr, "asanafs: no mount point given; usage: %s [SOURCE] "
+                  "MOUNTPOINT [options], see %s --help\n", program, program);
+}
+
+static void print_help(const char *program, struct fuse_args *args)
+{
+  options_print_usage(program);
+  printf("FUSE options:\n");
+  fuse_cmdline_help();
+  fuse_lib_help(args);
+}
+
+/* Runs every check that needs no mount, in the order of the exit codes
+ * that users meet first: the mount point, the token, the cache folder, and
+ * then the API. */
+static int prepare(struct fs_context *ctx, struct fuse_cmdline_opts *opts,
+                   int log_level)
+{
+  int rc = check_mount_point(ctx->config, opts);
+
+  if (rc)
+    return rc;
+  log_init(false, log_level);
+  rc = options_read_token(ctx->config);
+  if (rc)
+    return rc;
+  log_add_secret(ctx->config->token);
+  rc = options_resolve_cache_dir(ctx->config);
+  if (rc)
+    return rc;
+  ctx->uid = getuid();
+  ctx->gid = getgid();
+  rc = make_client(ctx);
+  if (rc)
+    return rc;
+  rc = make_cache(ctx);
+  if (rc)
+    return rc;
+  return check_token(ctx, log_level);
 }
 
 int fs_main(int argc, char *argv[])
@@ -216,42 +418,41 @@ int fs_main(int argc, char *argv[])
   struct fuse_cmdline_opts opts = {0};
   struct fs_config config = {0};
   struct fs_context ctx = { .config = &config };
-  int rc = 1, level;
+  struct fuse *fuse = NULL;
+  int rc, level;
 
-  if (options_parse(&args, &config) || fuse_parse_cmdline(&args, &opts) != 0)
+  rc = options_parse(&args, &config);
+  if (rc)
     goto out;
+  rc = FS_EXIT_USAGE;
+  if (fuse_parse_cmdline(&args, &opts) != 0)
+    goto out;
+  rc = FS_EXIT_OK;
   if (opts.show_version) {
     print_version();
-    rc = 0;
     goto out;
   }
   if (opts.show_help) {
-    options_print_usage(argv[0]);
-    printf("FUSE options:\n");
-    fuse_cmdline_help();
-    fuse_lib_help(&args);
-    rc = 0;
+    print_help(argv[0], &args);
     goto out;
   }
-  if (!opts.mountpoint) {
-    fprintf(stderr, "asanafs: no mount point given\n"
-                    "usage: %s MOUNTPOINT [options]; see %s --help\n",
-            argv[0], argv[0]);
+  rc = FS_EXIT_USAGE;
+  if (!config.mountpoint) {
+    print_missing_mount_point(argv[0]);
     goto out;
   }
-  if (check_mount_point(opts.mountpoint))
+  if (install_interrupt_handler() != 0)
+    goto out;
+  fuse = create_fuse(&args, &ctx);
+  if (!fuse)
     goto out;
   level = opts.debug ? LOG_DEBUG : LOG_INFO;
-  log_init(false, level);
-  if (options_finish(&config))
-    goto out;
-  log_add_secret(config.token);
-  ctx.uid = getuid();
-  ctx.gid = getgid();
-  if (make_client(&ctx) || make_cache(&ctx))
-    goto out;
-  rc = serve(&args, &opts, &ctx, level);
+  rc = prepare(&ctx, &opts, level);
+  if (rc == 0)
+    rc = serve(fuse, &opts, &ctx, level);
 out:
+  if (fuse)
+    fuse_destroy(fuse);
   free_context(&ctx);
   free(opts.mountpoint);
   fuse_opt_free_args(&args);

@@ -19,6 +19,22 @@
 
 /* ---- Options ---- */
 
+/* Exit statuses of asanafs. Every failing start prints one line to stderr
+ * that names the problem and the fix, and leaves nothing mounted. */
+enum fs_exit {
+  FS_EXIT_OK = 0,           /* unmounted cleanly, or --help, --version */
+  FS_EXIT_USAGE = 1,        /* invalid command line or option value */
+  FS_EXIT_MOUNT_POINT = 2,  /* missing, not a folder, or not empty */
+  FS_EXIT_TOKEN = 3,        /* no token, unusable token file, or rejected */
+  FS_EXIT_API = 4,          /* the API was unreachable or failing */
+  FS_EXIT_CACHE = 5,        /* the cache folder is unusable */
+  FS_EXIT_FUSE = 6,         /* the FUSE mount itself failed */
+};
+
+#define OPTION_STATE_TTL_MAX 86400
+#define OPTION_TIMEOUT_MIN 1
+#define OPTION_TIMEOUT_MAX 3600
+
 struct fs_config {
   char *api_url;
   char *token;            /* secret: never logged, never written */
@@ -30,20 +46,35 @@ struct fs_config {
   unsigned state_ttl;     /* seconds */
   char *timeout_text;
   unsigned timeout;       /* seconds one API call may take, retries included */
-  int show_help;
-  int show_version;
+  int nonempty;           /* -o nonempty: allow a mount point with files */
+  char *source;           /* the optional first word, as mount(8) passes it */
+  char *mountpoint;       /* as given; NULL when missing */
+  int extra_words;        /* positional words after the mount point */
 };
 
-/* Fills CONFIG from the command line, removing asanafs's own options from
- * ARGS. Returns 0, or 1 after printing an error. */
+/* Fills CONFIG from the command line, removing asanafs's own options and
+ * the positional words from ARGS. Returns 0, or FS_EXIT_USAGE after
+ * printing an error. */
 int options_parse(struct fuse_args *args, struct fs_config *config);
+
+/* Parses a size in bytes with an optional K, M, G or T suffix (powers of
+ * 1024). Returns 0, or -1 when TEXT is not such a size. */
+int options_parse_size(const char *text, uint64_t *out);
+
+/* Parses a whole number of seconds from MIN to MAX. Returns 0 or -1. */
+int options_parse_seconds(const char *text, unsigned min, unsigned max,
+                          unsigned *out);
 
 /* Prints asanafs's own part of --help. */
 void options_print_usage(const char *program);
 
-/* Reads the token from ASANA_ACCESS_TOKEN or token_file and resolves the
- * cache folder. Returns 0, or 1 after printing what to do. */
-int options_finish(struct fs_config *config);
+/* Reads the token from ASANA_ACCESS_TOKEN or token_file. Returns 0, or
+ * FS_EXIT_TOKEN after printing what to do. */
+int options_read_token(struct fs_config *config);
+
+/* Resolves the cache folder to an absolute path. Returns 0, or
+ * FS_EXIT_CACHE after printing what to do. */
+int options_resolve_cache_dir(struct fs_config *config);
 
 void options_free(struct fs_config *config);
 

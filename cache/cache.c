@@ -40,6 +40,9 @@
 #define WAIT_SLICE_NS 100000000L    /* how often waiters poll interrupted() */
 #define META_MAX_SIZE 256
 #define META_HEADER "asanafs-cache-meta 1\n"
+#define RATE_WINDOW_NS 2000000000LL     /* rates are measured over 2 s */
+#define RATE_STALE_NS 5000000000LL      /* no byte for 5 s: rate 0 */
+#define DOWNLOAD_LOG_INTERVAL_S 10      /* progress lines while downloading */
 
 static const char *const final_names[] = {
   [CACHE_JSON] = "export.json",
@@ -74,6 +77,8 @@ struct entry {
   pthread_t thread;
   uint64_t json_size, gz_size;
   uint64_t json_ready, gz_ready;  /* bytes written to the part files */
+  double json_rate, gz_rate;  /* of the running download, bytes/s */
+  int64_t progress_ns;        /* CLOCK_MONOTONIC of its last bytes */
   int64_t last_used_ns;       /* LRU stamp, CLOCK_REALTIME */
   unsigned probes_ended;
   int probe_error;            /* of the last probe that ended */
@@ -133,6 +138,11 @@ struct download {
   int error;                  /* first failure as a negative errno, or 0 */
   bool stopped;               /* the failure is cache_free() or a drop */
   char reason[192];           /* that failure in words, for the log */
+  int64_t started_ns;         /* CLOCK_MONOTONIC when the fetch started */
+  int64_t window_ns;          /* start of the current rate window */
+  uint64_t window_json, window_gz;  /* bytes written when it started */
+  double json_rate, gz_rate;  /* of the last full window, bytes/s */
+  int64_t logged_ns;          /* last progress line, or the start */
 };
 
 static void *download_main(void *arg);
@@ -156,6 +166,29 @@ static bool gid_is_valid(const char *gid)
 static void entry_path(char *buf, const char *gid, const char *name)
 {
   snprintf(buf, ENTRY_PATH_LEN, "%.31s/%.20s", gid, name);
+}
+
+static int64_t monotonic_ns(void)
+{
+  struct timespec now;
+
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+void cache_format_rate(double rate, char *out, size_t out_len)
+{
+  static const char *const units[] = { "KiB/s", "MiB/s", "GiB/s" };
+  int unit = -1;
+
+  while (rate >= 1024 && unit < 2) {
+    rate /= 1024;
+    unit++;
+  }
+  if (unit < 0)
+    snprintf(out, out_len, "%.0f B/s", rate);
+  else
+    snprintf(out, out_len, "%.1f %s", rate, units[unit]);
 }
 
 static int64_t now_ns(void)
@@ -1356,15 +1389,63 @@ static uint64_t hold_back_last_byte(uint64_t written, uint64_t size)
   return written < limit ? written : limit;
 }
 
+/* Measures the rates over windows of RATE_WINDOW_NS. Until the first
+ * window is full, they are the average since the start. */
+static void measure_rates(struct download *d, int64_t now)
+{
+  int64_t window = now - d->window_ns;
+
+  if (window >= RATE_WINDOW_NS || d->window_ns == d->started_ns) {
+    if (window <= 0)
+      return;
+    d->json_rate = (double)(d->json_written - d->window_json) * 1e9 /
+                   (double)window;
+    d->gz_rate = (double)(d->gz_written - d->window_gz) * 1e9 /
+                 (double)window;
+  }
+  if (window >= RATE_WINDOW_NS) {
+    d->window_ns = now;
+    d->window_json = d->json_written;
+    d->window_gz = d->gz_written;
+  }
+}
+
+static int percent(uint64_t part, uint64_t whole)
+{
+  if (whole == 0 || part >= whole)
+    return 100;
+  return (int)(part * 100 / whole);
+}
+
+/* Logs a progress line every DOWNLOAD_LOG_INTERVAL_S seconds. */
+static void log_progress(struct download *d, int64_t now)
+{
+  char rate[32];
+
+  if (now - d->logged_ns < DOWNLOAD_LOG_INTERVAL_S * 1000000000LL)
+    return;
+  d->logged_ns = now;
+  cache_format_rate(d->gz_rate, rate, sizeof(rate));
+  log_info("cache: downloading export %s: %" PRIu64 " of %" PRIu64 " bytes "
+           "(%d%%), %s", d->gid, d->gz_written, d->gz_size,
+           percent(d->gz_written, d->gz_size), rate);
+}
+
 /* Shows readers the bytes now on disk. Returns -ECANCELED when cache_free()
  * is stopping and -ENOENT when the entry was dropped, so the fetch stops. */
 static int publish_progress(struct download *d)
 {
   struct cache *cache = d->cache;
   struct entry *e = d->entry;
+  int64_t now = monotonic_ns();
   int stop = 0;
 
+  measure_rates(d, now);
+  log_progress(d, now);
   pthread_mutex_lock(&cache->lock);
+  e->json_rate = d->json_rate;
+  e->gz_rate = d->gz_rate;
+  e->progress_ns = now;
   /* The last byte of each file is shown only once the whole archive was
    * verified (gzip CRC and length, archive size). So a reader that reads to
    * the end of a corrupt or truncated archive gets EIO, never a clean end. */
@@ -1470,8 +1551,9 @@ static int download_run(struct download *d)
   ret = open_part_files(d);
   if (ret < 0)
     return ret;
-  log_info("cache: downloading export %s (%" PRIu64 " bytes)", d->gid,
-           d->gz_size);
+  log_info("cache: downloading export %s: archive of %" PRIu64 " bytes, %"
+           PRIu64 " bytes inflated", d->gid, d->gz_size, d->json_size);
+  d->started_ns = d->window_ns = d->logged_ns = monotonic_ns();
   ret = cache->source.fetch(cache->source.ctx, d->gid, 0, download_sink, d);
   if (d->error < 0)
     return d->error;
@@ -1488,10 +1570,15 @@ static int download_run(struct download *d)
 static void log_download_end(struct download *d, int ret)
 {
   const char *reason = d->reason[0] ? d->reason : strerror(-ret);
+  double seconds = (double)(monotonic_ns() - d->started_ns) / 1e9;
+  char rate[32];
 
+  cache_format_rate(seconds > 0 ? (double)d->gz_written / seconds : 0, rate,
+                    sizeof(rate));
   if (ret == 0)
-    log_info("cache: downloaded export %s (%" PRIu64 " bytes, %" PRIu64
-             " bytes inflated)", d->gid, d->gz_written, d->json_written);
+    log_info("cache: downloaded export %s: %" PRIu64 " bytes, %" PRIu64
+             " bytes inflated, in %.1f s (%s on average)", d->gid,
+             d->gz_written, d->json_written, seconds, rate);
   else if (d->stopped)
     log_info("cache: download of export %s stopped: %s", d->gid, reason);
   else if (ret == -ECANCELED)
@@ -1524,6 +1611,8 @@ static void download_end(struct download *d, int ret)
   /* Ready counts matter only while incomplete. Complete uses the sizes. */
   e->gz_ready = 0;
   e->json_ready = 0;
+  e->gz_rate = 0;
+  e->json_rate = 0;
   if (ret < 0 || e->open_count == 0) {
     entry_files = files_put(e->files);
     e->files = NULL;
@@ -1852,6 +1941,10 @@ void cache_get_status(struct cache *cache, const char *gid,
     status->gz_size = e->gz_size;
     status->json_ready = e->complete ? e->json_size : e->json_ready;
     status->gz_ready = e->complete ? e->gz_size : e->gz_ready;
+    if (e->downloading && monotonic_ns() - e->progress_ns < RATE_STALE_NS) {
+      status->json_rate = e->json_rate;
+      status->gz_rate = e->gz_rate;
+    }
   }
   pthread_mutex_unlock(&cache->lock);
 }

@@ -26,7 +26,10 @@
  * them (concatenated gzip members too) into export.json.part through fixed
  * buffers, and publishes how many bytes of each file are on disk. A reader
  * waits on the entry's condition variable only until its range is on disk,
- * the download failed, or the reader was interrupted. Memory stays bounded:
+ * the download failed, or the reader was interrupted. The thread logs at
+ * info level when a download starts, about every DOWNLOAD_LOG_INTERVAL_S
+ * seconds while bytes arrive, and when it ends, and measures a rate that
+ * cache_get_status() reports. Memory stays bounded:
  * the download buffers are fixed and data is never kept in memory.
  *
  * Limit: with max_bytes set, before a download starts the cache removes the
@@ -117,11 +120,18 @@ struct cache_status {
   bool downloading;
   uint64_t json_size, gz_size;
   uint64_t json_ready, gz_ready;  /* bytes on disk */
+  /* Bytes per second over the last seconds of a running download; 0 when
+   * none runs or no byte arrived for a few seconds. */
+  double json_rate, gz_rate;
 };
 
 /* Reports an entry's state without any network request. */
 void cache_get_status(struct cache *cache, const char *gid,
                       struct cache_status *status);
+
+/* Writes RATE in bytes per second the way the logs and the progress file
+ * show it, such as "31.5 MiB/s". */
+void cache_format_rate(double rate, char *out, size_t out_len);
 
 /* Reports the bytes of data in the cache (complete and partial). */
 uint64_t cache_used_bytes(struct cache *cache);

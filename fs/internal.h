@@ -8,6 +8,7 @@
 #define FUSE_USE_VERSION 312
 
 #include <fuse.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -90,6 +91,7 @@ struct workspace_view {
   char gid[CLIENT_GID_MAX];
   bool is_organization;
   time_t mtime;           /* when this content was first seen */
+  char *name;             /* "" when the record has none; caller frees */
   char *json;             /* workspace.json content, caller frees */
   size_t json_len;
 };
@@ -124,6 +126,28 @@ int registry_list_workspaces(struct registry *registry, struct gid_list *out);
 int registry_get_workspace(struct registry *registry, const char *gid,
                            enum freshness freshness,
                            struct workspace_view *out);
+
+/* A workspace and the name of its link in names/. */
+struct named_workspace {
+  char gid[CLIENT_GID_MAX];
+  char *name;                         /* the workspace's name, owned */
+  char link[NAME_MAX + 1];            /* set by names_assign() */
+};
+
+struct named_workspaces {
+  struct named_workspace *items;
+  size_t count;
+};
+
+/* Lists every workspace with its name, from a list no older than the ttl. */
+int registry_list_named_workspaces(struct registry *registry,
+                                   struct named_workspaces *out);
+void named_workspaces_clear(struct named_workspaces *list);
+
+/* Sets the link name of each workspace: its name with '/' and control
+ * characters turned into '_', "workspace" for an empty name, "." or "..",
+ * and " (GID)" appended to every name that two workspaces share. */
+int names_assign(struct named_workspace *items, size_t count);
 
 /* Lists the exports known in an organization, newest first. */
 int registry_list_exports(struct registry *registry, const char *org,
@@ -185,13 +209,39 @@ struct node_type;
 struct node {
   const struct node_type *type;
   char param[NODE_PARAMS][CLIENT_GID_MAX];  /* the gids in the path */
+  char name[NAME_MAX + 1];    /* the component that matched "{name}" */
 };
+
+/* Extended attributes of a node, all read-only: names with their values. */
+#define NODE_XATTRS_MAX 8
+
+struct node_xattrs {
+  struct {
+    const char *name;         /* such as "user.asana.gid"; static */
+    char *value;              /* owned, no terminating NUL counted */
+  } items[NODE_XATTRS_MAX];
+  size_t count;
+};
+
+/* Adds attribute NAME with a formatted value. Returns 0 or -ENOMEM. */
+int node_xattrs_add(struct node_xattrs *xattrs, const char *name,
+                    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void node_xattrs_clear(struct node_xattrs *xattrs);
+
+struct name_list {
+  char **names;
+  size_t count;
+};
+
+void name_list_clear(struct name_list *list);
 
 /* Parameter slots of the export tree. */
 enum { PARAM_ORG = 0, PARAM_EXPORT = 1 };
 
 struct node_type {
-  const char *pattern;    /* components; "{gid}" matches a gid */
+  /* Components; "{gid}" matches a gid and "{name}" any name that the
+   * row's callbacks accept. */
+  const char *pattern;
   enum node_io io;
   enum cache_kind cache_kind;   /* for IO_CACHE */
   /* Checks that the node exists and fills ST. */
@@ -201,9 +251,16 @@ struct node_type {
    * only for rows whose last component is "{gid}". */
   int (*enumerate)(struct fs_context *ctx, const struct node *parent,
                    struct gid_list *out);
+  /* Lists the names that fill this row's last component under PARENT;
+   * only for rows whose last component is "{name}". */
+  int (*enumerate_names)(struct fs_context *ctx, const struct node *parent,
+                         struct name_list *out);
   /* Makes the content of an IO_RENDERED, IO_CONTROL or IO_LINK node. */
   int (*render)(struct fs_context *ctx, const struct node *node,
                 char **text, size_t *len, time_t *mtime);
+  /* Adds the node's extended attributes; NULL when it has none. */
+  int (*xattrs)(struct fs_context *ctx, const struct node *node,
+                struct node_xattrs *out);
 };
 
 /* Resolves PATH to a node. -ENOENT when no row matches. */
@@ -218,6 +275,10 @@ int node_list_children(struct fs_context *ctx, const struct node *dir,
 /* Fills ST for NODE, including a stable inode number. */
 int node_getattr(struct fs_context *ctx, const struct node *node,
                  struct stat *st);
+
+/* Fills XATTRS for an existing NODE; empty for rows without attributes. */
+int node_get_xattrs(struct fs_context *ctx, const struct node *node,
+                    struct node_xattrs *xattrs);
 
 /* ---- Operations ---- */
 

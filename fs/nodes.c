@@ -7,7 +7,9 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,29 +284,264 @@ static int data_getattr(struct fs_context *ctx, const struct node *node,
   return rc;
 }
 
+/* Writes the progress line of a finished export's export.json. */
+static int format_progress(const struct cache_status *status, char **text)
+{
+  uint64_t size = status->json_size, ready = status->json_ready;
+  int percent = size == 0 || ready >= size ? 100 : (int)(ready * 100 / size);
+  char rate[32];
+
+  if (status->complete)
+    return asprintf(text, "%" PRIu64 " of %" PRIu64 " bytes (100%%), "
+                    "complete\n", size, size);
+  /* The trailer's size can be short of the real one (several gzip members,
+   * or over 4 GiB), so a running download never shows 100%. */
+  if (percent > 99)
+    percent = 99;
+  if (status->downloading) {
+    cache_format_rate(status->json_rate, rate, sizeof(rate));
+    return asprintf(text, "%" PRIu64 " of %" PRIu64 " bytes (%d%%), %s\n",
+                    ready, size, percent, rate);
+  }
+  return asprintf(text, "%" PRIu64 " of %" PRIu64 " bytes (%d%%), not "
+                  "started\n", ready, size, percent);
+}
+
+static int progress_render(struct fs_context *ctx, const struct node *node,
+                           char **text, size_t *len, time_t *mtime)
+{
+  struct export_view view = {0};
+  struct cache_status status;
+  uint64_t json_size, gz_size;
+  int rc = get_export(ctx, node, FRESH_TTL, &view), written;
+
+  if (rc < 0)
+    goto out;
+  *mtime = view.created_time;
+  if (view.state == CLIENT_EXPORT_ERROR) {
+    written = asprintf(text, "export is error, nothing to download\n");
+  } else if (view.state != CLIENT_EXPORT_FINISHED) {
+    written = asprintf(text, "export is %s, not yet downloadable\n",
+                       client_export_state_name(view.state));
+  } else {
+    rc = cache_stat(ctx->cache, view.gid, &json_size, &gz_size);
+    if (rc < 0)
+      goto out;
+    cache_get_status(ctx->cache, view.gid, &status);
+    written = format_progress(&status, text);
+  }
+  if (written < 0) {
+    *text = NULL;
+    rc = -ENOMEM;
+  } else {
+    *len = (size_t)written;
+  }
+out:
+  export_view_clear(&view);
+  return rc;
+}
+
+/* ---- names/: one link per workspace ---- */
+
+static int list_links(struct fs_context *ctx, struct named_workspaces *out)
+{
+  int rc = registry_list_named_workspaces(ctx->registry, out);
+
+  if (rc == 0)
+    rc = names_assign(out->items, out->count);
+  if (rc < 0)
+    named_workspaces_clear(out);
+  return rc;
+}
+
+static int names_enumerate(struct fs_context *ctx, const struct node *parent,
+                           struct name_list *out)
+{
+  struct named_workspaces links;
+  int rc = list_links(ctx, &links);
+
+  memset(out, 0, sizeof(*out));
+  if (rc < 0)
+    return rc;
+  out->names = calloc(links.count + 1, sizeof(*out->names));
+  for (size_t i = 0; out->names && i < links.count; i++) {
+    out->names[i] = strdup(links.items[i].link);
+    if (!out->names[i])
+      break;
+    out->count++;
+  }
+  if (out->count < links.count) {
+    name_list_clear(out);
+    rc = -ENOMEM;
+  }
+  named_workspaces_clear(&links);
+  return rc;
+}
+
+static int name_link_render(struct fs_context *ctx, const struct node *node,
+                            char **text, size_t *len, time_t *mtime)
+{
+  struct named_workspaces links;
+  int rc = list_links(ctx, &links), written = -1;
+
+  if (rc < 0)
+    return rc;
+  rc = -ENOENT;
+  for (size_t i = 0; i < links.count; i++) {
+    if (strcmp(links.items[i].link, node->name) != 0)
+      continue;
+    written = asprintf(text, "../orgs/%s", links.items[i].gid);
+    rc = written < 0 ? -ENOMEM : 0;
+    break;
+  }
+  named_workspaces_clear(&links);
+  if (rc == 0) {
+    *len = (size_t)written;
+    *mtime = registry_orgs_mtime(ctx->registry);
+  }
+  return rc;
+}
+
+/* ---- Extended attributes ---- */
+
+int node_xattrs_add(struct node_xattrs *xattrs, const char *name,
+                    const char *fmt, ...)
+{
+  va_list ap;
+  int rc;
+
+  if (xattrs->count == NODE_XATTRS_MAX)
+    return -ENOMEM;
+  va_start(ap, fmt);
+  rc = vasprintf(&xattrs->items[xattrs->count].value, fmt, ap);
+  va_end(ap);
+  if (rc < 0)
+    return -ENOMEM;
+  xattrs->items[xattrs->count++].name = name;
+  return 0;
+}
+
+void node_xattrs_clear(struct node_xattrs *xattrs)
+{
+  for (size_t i = 0; i < xattrs->count; i++)
+    free(xattrs->items[i].value);
+  memset(xattrs, 0, sizeof(*xattrs));
+}
+
+void name_list_clear(struct name_list *list)
+{
+  for (size_t i = 0; list->names && i < list->count; i++)
+    free(list->names[i]);
+  free(list->names);
+  memset(list, 0, sizeof(*list));
+}
+
+/* orgs/GID and its workspace.json. */
+static int workspace_xattrs(struct fs_context *ctx, const struct node *node,
+                            struct node_xattrs *out)
+{
+  struct workspace_view view = {0};
+  int rc = registry_get_workspace(ctx->registry, node->param[PARAM_ORG],
+                                  FRESH_KNOWN, &view);
+
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asana.gid", "%s", view.gid);
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asana.resource_type", "workspace");
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asana.name", "%s", view.name);
+  workspace_view_clear(&view);
+  return rc;
+}
+
+/* An export folder and the files in it. */
+static int export_xattrs(struct fs_context *ctx, const struct node *node,
+                         struct node_xattrs *out)
+{
+  struct export_view view = {0};
+  int rc = get_export(ctx, node, FRESH_TTL, &view);
+
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asana.gid", "%s", view.gid);
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asana.resource_type",
+                         "organization_export");
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asana.state", "%s",
+                         client_export_state_name(view.state));
+  export_view_clear(&view);
+  return rc;
+}
+
+/* export.json and export.json.gz: the export's attributes and the cache's. */
+static int data_xattrs(struct fs_context *ctx, const struct node *node,
+                       struct node_xattrs *out)
+{
+  struct cache_status status;
+  int rc = export_xattrs(ctx, node, out);
+
+  if (rc < 0)
+    return rc;
+  cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
+  rc = node_xattrs_add(out, "user.asanafs.cached_bytes", "%" PRIu64,
+                       node->type->cache_kind == CACHE_JSON ? status.json_ready
+                                                            : status.gz_ready);
+  if (rc == 0)
+    rc = node_xattrs_add(out, "user.asanafs.complete", "%d",
+                         status.complete ? 1 : 0);
+  return rc;
+}
+
+int node_get_xattrs(struct fs_context *ctx, const struct node *node,
+                    struct node_xattrs *xattrs)
+{
+  int rc;
+
+  memset(xattrs, 0, sizeof(*xattrs));
+  if (!node->type->xattrs)
+    return 0;
+  rc = node->type->xattrs(ctx, node, xattrs);
+  if (rc < 0)
+    node_xattrs_clear(xattrs);
+  return rc;
+}
+
 /* ---- The table ---- */
 
 static const struct node_type node_types[] = {
-  { "", IO_DIR, 0, root_getattr, NULL, NULL },
-  { "orgs", IO_DIR, 0, root_getattr, NULL, NULL },
-  { "orgs/{gid}", IO_DIR, 0, org_getattr, orgs_enumerate, NULL },
-  { "orgs/{gid}/workspace.json", IO_RENDERED, 0, getattr_rendered, NULL,
-    workspace_render },
-  { "orgs/{gid}/exports", IO_DIR, 0, exports_getattr, NULL, NULL },
-  { "orgs/{gid}/exports/new", IO_CONTROL, 0, getattr_rendered, NULL,
-    control_render },
-  { "orgs/{gid}/exports/latest", IO_LINK, 0, getattr_rendered, NULL,
-    latest_render },
-  { "orgs/{gid}/exports/{gid}", IO_DIR, 0, export_getattr,
-    exports_enumerate, NULL },
-  { "orgs/{gid}/exports/{gid}/state", IO_RENDERED, 0, getattr_rendered,
-    NULL, state_render },
-  { "orgs/{gid}/exports/{gid}/info.json", IO_RENDERED, 0, getattr_rendered,
-    NULL, info_render },
-  { "orgs/{gid}/exports/{gid}/export.json", IO_CACHE, CACHE_JSON,
-    data_getattr, NULL, NULL },
-  { "orgs/{gid}/exports/{gid}/export.json.gz", IO_CACHE, CACHE_GZ,
-    data_getattr, NULL, NULL },
+  { .pattern = "", .io = IO_DIR, .getattr = root_getattr },
+  { .pattern = "orgs", .io = IO_DIR, .getattr = root_getattr },
+  { .pattern = "orgs/{gid}", .io = IO_DIR, .getattr = org_getattr,
+    .enumerate = orgs_enumerate, .xattrs = workspace_xattrs },
+  { .pattern = "orgs/{gid}/workspace.json", .io = IO_RENDERED,
+    .getattr = getattr_rendered, .render = workspace_render,
+    .xattrs = workspace_xattrs },
+  { .pattern = "orgs/{gid}/exports", .io = IO_DIR,
+    .getattr = exports_getattr },
+  { .pattern = "orgs/{gid}/exports/new", .io = IO_CONTROL,
+    .getattr = getattr_rendered, .render = control_render },
+  { .pattern = "orgs/{gid}/exports/latest", .io = IO_LINK,
+    .getattr = getattr_rendered, .render = latest_render },
+  { .pattern = "orgs/{gid}/exports/{gid}", .io = IO_DIR,
+    .getattr = export_getattr, .enumerate = exports_enumerate,
+    .xattrs = export_xattrs },
+  { .pattern = "orgs/{gid}/exports/{gid}/state", .io = IO_RENDERED,
+    .getattr = getattr_rendered, .render = state_render,
+    .xattrs = export_xattrs },
+  { .pattern = "orgs/{gid}/exports/{gid}/info.json", .io = IO_RENDERED,
+    .getattr = getattr_rendered, .render = info_render,
+    .xattrs = export_xattrs },
+  { .pattern = "orgs/{gid}/exports/{gid}/progress", .io = IO_RENDERED,
+    .getattr = getattr_rendered, .render = progress_render,
+    .xattrs = export_xattrs },
+  { .pattern = "orgs/{gid}/exports/{gid}/export.json", .io = IO_CACHE,
+    .cache_kind = CACHE_JSON, .getattr = data_getattr,
+    .xattrs = data_xattrs },
+  { .pattern = "orgs/{gid}/exports/{gid}/export.json.gz", .io = IO_CACHE,
+    .cache_kind = CACHE_GZ, .getattr = data_getattr, .xattrs = data_xattrs },
+  { .pattern = "names", .io = IO_DIR, .getattr = root_getattr },
+  { .pattern = "names/{name}", .io = IO_LINK, .getattr = getattr_rendered,
+    .enumerate_names = names_enumerate, .render = name_link_render },
 };
 
 #define NODE_TYPE_COUNT (sizeof(node_types) / sizeof(node_types[0]))
@@ -340,6 +577,8 @@ static bool match_row(const struct node_type *type, char *parts[], int count,
       if (!gid_valid(parts[i]) || param == NODE_PARAMS)
         return false;
       snprintf(out->param[param++], CLIENT_GID_MAX, "%s", parts[i]);
+    } else if (strcmp(pattern_parts[i], "{name}") == 0) {
+      snprintf(out->name, sizeof(out->name), "%s", parts[i]);
     } else if (strcmp(pattern_parts[i], parts[i]) != 0) {
       return false;
     }
@@ -372,16 +611,17 @@ int node_resolve(const char *path, struct node *out)
   return -ENOENT;
 }
 
-/* FNV-1a over the row's pattern and the gids: the same object gets the
- * same inode number in every mount. */
+/* FNV-1a over the row's pattern, the gids and the name: the same object
+ * gets the same inode number in every mount. */
 static ino_t node_inode(const struct node *node)
 {
   uint64_t hash = 1469598103934665603ULL;
-  const char *fields[NODE_PARAMS + 1] = { node->type->pattern };
+  const char *fields[NODE_PARAMS + 2] = { node->type->pattern };
 
   for (int i = 0; i < NODE_PARAMS; i++)
     fields[i + 1] = node->param[i];
-  for (int i = 0; i < NODE_PARAMS + 1; i++) {
+  fields[NODE_PARAMS + 1] = node->name;
+  for (int i = 0; i < NODE_PARAMS + 2; i++) {
     for (const char *c = fields[i]; ; c++) {
       hash ^= (unsigned char)*c;
       hash *= 1099511628211ULL;
@@ -434,6 +674,24 @@ static const char *child_name(const struct node_type *dir,
   return rest;
 }
 
+/* Lists the children of a row whose last component is "{name}". */
+static int list_named_row(struct fs_context *ctx, struct node *child,
+                          const struct node_type *row, node_child_fn fn,
+                          void *fn_ctx)
+{
+  struct name_list names = {0};
+  struct stat st;
+  int rc = row->enumerate_names(ctx, child, &names);
+
+  for (size_t i = 0; rc == 0 && i < names.count; i++) {
+    snprintf(child->name, sizeof(child->name), "%s", names.names[i]);
+    if (node_getattr(ctx, child, &st) == 0)
+      rc = fn(fn_ctx, names.names[i], &st);
+  }
+  name_list_clear(&names);
+  return rc;
+}
+
 static int list_row(struct fs_context *ctx, const struct node *dir,
                     const struct node_type *row, const char *name,
                     node_child_fn fn, void *fn_ctx)
@@ -444,6 +702,8 @@ static int list_row(struct fs_context *ctx, const struct node *dir,
   int rc = 0, slot = count_params(dir->type->pattern);
 
   child.type = row;
+  if (strcmp(name, "{name}") == 0)
+    return list_named_row(ctx, &child, row, fn, fn_ctx);
   if (strcmp(name, "{gid}") != 0) {
     if (node_getattr(ctx, &child, &st) == 0)
       rc = fn(fn_ctx, name, &st);

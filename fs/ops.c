@@ -474,6 +474,88 @@ static int fs_link(const char *from, const char *to)
   return -EACCES;
 }
 
+/* Copies LEN bytes of DATA to BUF as getxattr and listxattr do: with SIZE
+ * 0 only the length is returned, and a short BUF gives -ERANGE. */
+static int reply_xattr(char *buf, size_t size, const char *data, size_t len)
+{
+  if (len > INT_MAX)
+    return -E2BIG;
+  if (size == 0)
+    return (int)len;
+  if (size < len)
+    return -ERANGE;
+  memcpy(buf, data, len);
+  return (int)len;
+}
+
+static int fs_getxattr(const char *path, const char *name, char *value,
+                       size_t size)
+{
+  struct node_xattrs xattrs;
+  struct stat st;
+  struct node node;
+  int rc = find_node(path, NULL, &node, &st);
+
+  if (rc < 0)
+    return rc;
+  rc = node_get_xattrs(context(), &node, &xattrs);
+  if (rc < 0)
+    return rc;
+  rc = -ENODATA;
+  for (size_t i = 0; i < xattrs.count; i++) {
+    if (strcmp(xattrs.items[i].name, name) == 0) {
+      rc = reply_xattr(value, size, xattrs.items[i].value,
+                       strlen(xattrs.items[i].value));
+      break;
+    }
+  }
+  node_xattrs_clear(&xattrs);
+  return rc;
+}
+
+static int fs_listxattr(const char *path, char *list, size_t size)
+{
+  struct node_xattrs xattrs;
+  char names[NODE_XATTRS_MAX * 64];
+  size_t len = 0;
+  struct stat st;
+  struct node node;
+  int rc = find_node(path, NULL, &node, &st);
+
+  if (rc < 0)
+    return rc;
+  rc = node_get_xattrs(context(), &node, &xattrs);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < xattrs.count; i++) {
+    size_t name_len = strlen(xattrs.items[i].name) + 1;
+
+    if (len + name_len > sizeof(names))
+      break;
+    memcpy(names + len, xattrs.items[i].name, name_len);
+    len += name_len;
+  }
+  node_xattrs_clear(&xattrs);
+  return reply_xattr(list, size, names, len);
+}
+
+/* Extended attributes describe Asana's records and the cache, so none can
+ * be set or removed. */
+static int fs_setxattr(const char *path, const char *name, const char *value,
+                       size_t size, int flags)
+{
+  int rc = reject_change(path, NULL);
+
+  return rc == -EACCES ? -EPERM : rc;
+}
+
+static int fs_removexattr(const char *path, const char *name)
+{
+  int rc = reject_change(path, NULL);
+
+  return rc == -EACCES ? -EPERM : rc;
+}
+
 static int fs_statfs(const char *path, struct statvfs *st)
 {
   memset(st, 0, sizeof(*st));
@@ -508,4 +590,8 @@ const struct fuse_operations fs_operations = {
   .symlink = fs_symlink,
   .link = fs_link,
   .statfs = fs_statfs,
+  .getxattr = fs_getxattr,
+  .listxattr = fs_listxattr,
+  .setxattr = fs_setxattr,
+  .removexattr = fs_removexattr,
 };

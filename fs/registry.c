@@ -28,6 +28,7 @@ struct known_workspace {
   time_t mtime;
   char *json;                     /* workspace.json content */
   size_t json_len;
+  char *name;                     /* "" when the record has none */
 };
 
 struct known_export {
@@ -96,6 +97,7 @@ bool gid_valid(const char *s)
 void workspace_view_clear(struct workspace_view *view)
 {
   free(view->json);
+  free(view->name);
   memset(view, 0, sizeof(*view));
 }
 
@@ -188,8 +190,10 @@ static char *render_json(json_t *record, size_t *len)
 
 static void free_workspaces(struct known_workspace *items, size_t count)
 {
-  for (size_t i = 0; i < count; i++)
+  for (size_t i = 0; i < count; i++) {
     free(items[i].json);
+    free(items[i].name);
+  }
   free(items);
 }
 
@@ -243,15 +247,24 @@ static int workspace_from_record(json_t *record, time_t mtime,
                                  struct known_workspace *item)
 {
   const char *gid = json_string_value(json_object_get(record, "gid"));
+  const char *name = json_string_value(json_object_get(record, "name"));
 
   if (!gid_valid(gid))
     return -EINVAL;
+  item->name = strdup(name ? name : "");
+  if (!item->name)
+    return -ENOMEM;
   snprintf(item->gid, sizeof(item->gid), "%s", gid);
   item->is_organization =
       json_is_true(json_object_get(record, "is_organization"));
   item->mtime = mtime;
   item->json = render_json(record, &item->json_len);
-  return item->json ? 0 : -ENOMEM;
+  if (!item->json) {
+    free(item->name);
+    item->name = NULL;
+    return -ENOMEM;
+  }
+  return 0;
 }
 
 static void load_workspaces(struct registry *r)
@@ -413,6 +426,41 @@ int registry_list_workspaces(struct registry *registry, struct gid_list *out)
   return rc;
 }
 
+int registry_list_named_workspaces(struct registry *registry,
+                                   struct named_workspaces *out)
+{
+  int rc = sync_workspaces(registry, FRESH_TTL);
+
+  memset(out, 0, sizeof(*out));
+  if (rc < 0)
+    return rc;
+  pthread_mutex_lock(&registry->lock);
+  out->items = calloc(registry->workspace_count + 1, sizeof(*out->items));
+  for (size_t i = 0; out->items && i < registry->workspace_count; i++) {
+    struct named_workspace *item = &out->items[out->count];
+
+    memcpy(item->gid, registry->workspaces[i].gid, CLIENT_GID_MAX);
+    item->name = strdup(registry->workspaces[i].name);
+    if (!item->name)
+      break;
+    out->count++;
+  }
+  if (!out->items || out->count < registry->workspace_count)
+    rc = -ENOMEM;
+  pthread_mutex_unlock(&registry->lock);
+  if (rc < 0)
+    named_workspaces_clear(out);
+  return rc;
+}
+
+void named_workspaces_clear(struct named_workspaces *list)
+{
+  for (size_t i = 0; i < list->count; i++)
+    free(list->items[i].name);
+  free(list->items);
+  memset(list, 0, sizeof(*list));
+}
+
 int registry_get_workspace(struct registry *registry, const char *gid,
                            enum freshness freshness,
                            struct workspace_view *out)
@@ -444,7 +492,9 @@ int registry_get_workspace(struct registry *registry, const char *gid,
     memcpy(out->gid, item->gid, sizeof(out->gid));
     out->is_organization = item->is_organization;
     out->mtime = item->mtime;
-    rc = copy_text(item->json, item->json_len, &out->json, &out->json_len);
+    out->name = strdup(item->name);
+    rc = out->name ? copy_text(item->json, item->json_len, &out->json,
+                               &out->json_len) : -ENOMEM;
   }
   pthread_mutex_unlock(&registry->lock);
   return rc;

@@ -217,6 +217,11 @@ class StandIn:
     def exports(self):
         return self.admin("GET", "/exports")
 
+    def set_workspaces(self, workspaces):
+        """Replace the workspace list with dicts of gid, name and optionally
+        is_organization (default True); the API serves it from now on."""
+        return self.admin("POST", "/workspaces", {"workspaces": workspaces})
+
     def set_archive(self, path):
         """Serve path for exports created from now on."""
         return self.admin("POST", "/archive", {"path": str(path)})

@@ -793,6 +793,16 @@ class ApiHandler(BaseHandler):
         if admin_path == "/exports" and method == "POST":
             return 200, self.admin_create_export(parse_admin_json(body))
 
+        if admin_path == "/workspaces" and method == "GET":
+            return 200, list(state.workspaces)
+        if admin_path == "/workspaces" and method == "POST":
+            workspaces = parse_admin_workspaces(parse_admin_json(body))
+            with state.lock:
+                state.workspaces_by_gid = {w["gid"]: w for w in workspaces}
+                state.workspaces = workspaces
+            LOG.info("workspace list replaced with %d workspaces", len(workspaces))
+            return 200, workspaces
+
         if admin_path == "/archive" and method == "POST":
             request = parse_admin_json(body)
             path = require_archive(request.get("path") if isinstance(request, dict) else None)
@@ -876,6 +886,28 @@ def admin_export_view(state, export):
             "state": export.state(time.time()), "created_at": iso_time(export.created),
             "export_seconds": export.duration, "fails": export.fails,
             "fixed_state": export.fixed_state, "archive": export.archive}
+
+
+def parse_admin_workspaces(request):
+    """Check the body of POST /_standin/workspaces and return its list."""
+    items = request.get("workspaces") if isinstance(request, dict) else None
+    if not isinstance(items, list):
+        raise AdminError('workspaces: expected {"workspaces": [{"gid", "name", '
+                         '"is_organization"}, ...]}')
+    workspaces = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise AdminError("workspaces: each workspace must be an object, got %r" % item)
+        gid = str(item.get("gid", ""))
+        if not gid.isdigit() or not isinstance(item.get("name"), str):
+            raise AdminError("workspaces: each workspace needs a digit gid and a "
+                             "string name, got %r" % item)
+        workspaces.append({"gid": gid, "name": item["name"],
+                           "is_organization": bool(item.get("is_organization", True)),
+                           "email_domains": list(item.get("email_domains", []))})
+    if len({w["gid"] for w in workspaces}) != len(workspaces):
+        raise AdminError("workspaces: gids must be unique")
+    return workspaces
 
 
 def parse_admin_json(body):

@@ -63,9 +63,10 @@ class Mount:
     """One asanafs process in the foreground, mounted at DIR/mnt."""
 
     def __init__(self, workdir, standin, options=(), token=TOKEN, name="mnt",
-                 args=()):
+                 args=(), source=None):
         self.workdir = workdir
         self.args = list(args)
+        self.source = source
         self.standin = standin
         self.options = list(options)
         self.token = token
@@ -75,7 +76,8 @@ class Mount:
         self.proc = None
 
     def command(self):
-        cmd = [ASANAFS, self.path, "-f",
+        cmd = [ASANAFS] + ([self.source] if self.source else [])
+        cmd += [self.path, "-f",
                "-o", "api_url=" + self.standin.api_url,
                "-o", "cache_dir=" + self.cache_dir]
         options = list(self.options)
@@ -150,8 +152,10 @@ class MountTestCase(unittest.TestCase):
         self.standin.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def mount(self, options=(), token=TOKEN, name="mnt", start=True, args=()):
-        mount = Mount(self.workdir, self.standin, options, token, name, args)
+    def mount(self, options=(), token=TOKEN, name="mnt", start=True, args=(),
+              source=None):
+        mount = Mount(self.workdir, self.standin, options, token, name, args,
+                      source)
         self.mounts.append(mount)
         return mount.start() if start else mount
 

@@ -26,8 +26,9 @@ class CacheTest(ArchiveTestCase):
         path = mount.p("orgs", ORG, "exports", gid, "export.json")
         self.assertEqual(sha256_file(path), self.sha)
         self.assertEqual(sha256_file(path + ".gz"), sha256_file(self.archive))
-        self.assertEqual(self.standin.counts(), {},
-                         "a complete entry is served with no request at all")
+        self.assertEqual(self.standin.counts(), {"GET /users/me": 1},
+                         "a complete entry is served with no request but "
+                         "the token check at mount")
 
     def test_rsync_twice_copies_nothing(self):
         mount = self.mount()

@@ -27,7 +27,7 @@ class ExportTest(ArchiveTestCase):
 
         names = sorted(os.listdir(folder))
         self.assertEqual(names, ["export.json", "export.json.gz", "info.json",
-                                 "state"])
+                                 "progress", "state"])
         json_path = os.path.join(folder, "export.json")
         self.assertEqual(os.stat(json_path).st_size, self.size)
         self.assertEqual(self.count("DOWNLOAD /exports/%s/export.json.gz" % gid),

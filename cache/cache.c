@@ -885,6 +885,27 @@ static int check_writable(struct cache *cache, char *err, size_t err_len)
   return 0;
 }
 
+/* Rejects a cache folder that belongs to another user: its exports would
+ * be readable by that user, and files created here would not be theirs. */
+static int check_owner(struct cache *cache, int dir_fd, char *err,
+                       size_t err_len)
+{
+  struct stat st;
+
+  if (fstat(dir_fd, &st) < 0) {
+    set_error(err, err_len, "failed to open cache folder %s: %s", cache->dir,
+              strerror(errno));
+    return -errno;
+  }
+  if (st.st_uid != geteuid()) {
+    set_error(err, err_len, "cache folder %s belongs to uid %u, not to uid "
+              "%u that runs asanafs", cache->dir, (unsigned)st.st_uid,
+              (unsigned)geteuid());
+    return -EPERM;
+  }
+  return 0;
+}
+
 /* Creates DIR and DIR/data if missing, locks DIR and opens DIR/data. */
 static int open_folders(struct cache *cache, char *err, size_t err_len)
 {
@@ -904,6 +925,9 @@ static int open_folders(struct cache *cache, char *err, size_t err_len)
               strerror(-ret));
     goto out;
   }
+  ret = check_owner(cache, dir_fd, err, err_len);
+  if (ret < 0)
+    goto out;
   ret = lock_folder(cache, dir_fd, err, err_len);
   if (ret < 0)
     goto out;

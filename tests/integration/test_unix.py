@@ -153,6 +153,11 @@ class StartupTest(ArchiveTestCase):
         mount = self.prepared(options=["cache_dir=" + blocker + "/cache"])
         self.start_fails(mount, 5, r"cache folder .*Not a directory.*"
                          r"-o cache_dir=DIR")
+        other = os.path.join(self.workdir, "other")
+        os.mkdir(other, 0o700)
+        os.chown(other, 65534, 65534)
+        mount = self.prepared(name="other", options=["cache_dir=" + other])
+        self.start_fails(mount, 5, r"cache folder .* belongs to uid 65534")
         first = self.mount(name="first")
         second = self.prepared(name="second")
         self.start_fails(second, 5, r"in use by another asanafs mount")

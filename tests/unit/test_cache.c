@@ -1079,6 +1079,17 @@ static void test_unusable_folder(void)
   CHECK(cache == NULL);
   CHECK(strstr(err, path) != NULL);
   CHECK(strchr(err, '\n') == NULL);
+
+  /* A folder of another user; only root can make one to test with. */
+  if (geteuid() != 0)
+    return;
+  snprintf(path, sizeof(path), "%s/other-user", test_dir);
+  CHECK(mkdir(path, 0700) == 0);
+  CHECK(chown(path, 65534, 65534) == 0);
+  CHECK(cache_new(&config, &fake_source, &cache, err, sizeof(err)) ==
+        -EPERM);
+  CHECK(cache == NULL);
+  CHECK(strstr(err, "belongs to uid 65534") != NULL);
 }
 
 static void test_write_error_keeps_errno(void)

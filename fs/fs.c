@@ -313,17 +313,20 @@ static int check_mount_point(const struct fs_config *config,
   char resolved[PATH_MAX];
   struct stat st;
 
-  if (stat(path, &st) < 0 && errno == ENOENT) {
-    fprintf(stderr, "asanafs: mount point %s does not exist; create it with "
-                    "mkdir -p %s\n", path, path);
+  if (stat(path, &st) < 0) {
+    if (errno == ENOENT)
+      fprintf(stderr, "asanafs: mount point %s does not exist; create it "
+                      "with mkdir -p %s\n", path, path);
+    else if (errno == ENOTCONN)
+      fprintf(stderr, "asanafs: mount point %s is a FUSE mount whose "
+                      "process ended; run fusermount3 -u %s first\n", path,
+              path);
+    else
+      fprintf(stderr, "asanafs: cannot use mount point %s: %s; check its "
+                      "permissions\n", path, strerror(errno));
     return FS_EXIT_MOUNT_POINT;
   }
-  if (stat(path, &st) < 0 && errno == ENOTCONN) {
-    fprintf(stderr, "asanafs: mount point %s is a FUSE mount whose process "
-                    "ended; run fusermount3 -u %s first\n", path, path);
-    return FS_EXIT_MOUNT_POINT;
-  }
-  if (stat(path, &st) < 0 || !realpath(path, resolved)) {
+  if (!realpath(path, resolved)) {
     fprintf(stderr, "asanafs: cannot use mount point %s: %s; check its "
                     "permissions\n", path, strerror(errno));
     return FS_EXIT_MOUNT_POINT;

@@ -60,8 +60,8 @@ static size_t suffix_duplicates(const struct named_workspace *items,
   size_t changed = 0;
 
   qsort(sorted, count, sizeof(*sorted), compare_links);
-  /* Mark first, then change: a changed link must not hide the duplicate
-   * that follows it. */
+  /* Mark every duplicate before changing any link, because a changed link
+   * would hide the duplicate that follows it. */
   for (size_t i = 0; i < count; i++) {
     size_t index = (size_t)(sorted[i] - items);
 

@@ -297,11 +297,12 @@ class ExportFilesTest(ArchiveTestCase):
         gid = self.create_export(mount)
         self.wait_state(mount, ORG, gid, "finished")
         folder = mount.p("orgs", ORG, "exports", gid)
+        os.stat(os.path.join(folder, "export.json"))
+
         workspace = {"user.asana.gid": ORG, "user.asana.name": "Example Org",
                      "user.asana.resource_type": "workspace"}
         export = {"user.asana.gid": gid, "user.asana.state": "finished",
                   "user.asana.resource_type": "organization_export"}
-        os.stat(os.path.join(folder, "export.json"))
         data = dict(export, **{"user.asanafs.cached_bytes": "0",
                                "user.asanafs.complete": "0"})
         cases = [
@@ -324,11 +325,13 @@ class ExportFilesTest(ArchiveTestCase):
         ]
         for parts, expected in cases:
             self.assertEqual(getfattr(mount.p(*parts)), expected, parts)
+
         path = mount.p("orgs", ORG, "workspace.json")
         self.assertEqual(os.getxattr(path, "user.asana.gid"), ORG.encode())
         with self.assertRaises(OSError) as caught:
             os.getxattr(path, "user.nothing")
         self.assertEqual(caught.exception.errno, errno.ENODATA)
+
         for change in (lambda: os.setxattr(path, "user.asana.gid", b"1"),
                        lambda: os.setxattr(path, "user.new", b"1"),
                        lambda: os.removexattr(path, "user.asana.gid")):

@@ -284,6 +284,22 @@ static int data_getattr(struct fs_context *ctx, const struct node *node,
   return rc;
 }
 
+/* progress changes while a download runs, so, like the files in /proc, it
+ * shows size 0 and is read with direct I/O. A real size would be stale by
+ * the time a reader got to it, and `rsync -a` would copy a line cut to
+ * the size it listed, and copy the file again on every run. */
+static int progress_getattr(struct fs_context *ctx, const struct node *node,
+                            struct stat *st)
+{
+  struct export_view view = {0};
+  int rc = get_export(ctx, node, FRESH_KNOWN, &view);
+
+  if (rc == 0)
+    fill_file(ctx, st, 0444, 0, view.created_time);
+  export_view_clear(&view);
+  return rc;
+}
+
 /* Writes the progress line of a finished export's export.json. */
 static int format_progress(const struct cache_status *status, char **text)
 {
@@ -532,7 +548,7 @@ static const struct node_type node_types[] = {
     .getattr = getattr_rendered, .render = info_render,
     .xattrs = export_xattrs },
   { .pattern = "orgs/{gid}/exports/{gid}/progress", .io = IO_RENDERED,
-    .getattr = getattr_rendered, .render = progress_render,
+    .getattr = progress_getattr, .render = progress_render,
     .xattrs = export_xattrs },
   { .pattern = "orgs/{gid}/exports/{gid}/export.json", .io = IO_CACHE,
     .cache_kind = CACHE_JSON, .getattr = data_getattr,
@@ -617,11 +633,15 @@ static ino_t node_inode(const struct node *node)
 {
   uint64_t hash = 1469598103934665603ULL;
   const char *fields[NODE_PARAMS + 2] = { node->type->pattern };
+  int count = NODE_PARAMS + 1;
 
   for (int i = 0; i < NODE_PARAMS; i++)
     fields[i + 1] = node->param[i];
-  fields[NODE_PARAMS + 1] = node->name;
-  for (int i = 0; i < NODE_PARAMS + 2; i++) {
+  /* Only rows with a "{name}" hash it, so that the inode numbers of the
+   * other rows stay those of earlier versions. */
+  if (node->name[0])
+    fields[count++] = node->name;
+  for (int i = 0; i < count; i++) {
     for (const char *c = fields[i]; ; c++) {
       hash ^= (unsigned char)*c;
       hash *= 1099511628211ULL;

@@ -241,6 +241,8 @@ class ExportFilesTest(ArchiveTestCase):
                          r"^export is (pending|started), not yet "
                          r"downloadable\n$")
         self.wait_state(mount, ORG, gid, "finished")
+        self.assertEqual(os.stat(progress).st_size, 0,
+                         "a file that changes by itself shows size 0")
         size = self.size
         self.assertEqual(read_text(progress),
                          "0 of %d bytes (0%%), not started\n" % size)

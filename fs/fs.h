@@ -14,6 +14,15 @@
  * change are fetched again at most once per state_ttl, however many readers
  * ask, and final export states are never fetched again.
  *
+ * Rows also give a node's extended attributes (the Asana gid, type and
+ * state, and what the cache holds), and a "{name}" component lets names/
+ * map workspace names to gids (names.c).
+ *
+ * Start-up (fs.c) checks the command line, the mount point, the token, the
+ * cache folder and, with GET /users/me, that Asana accepts the token, all
+ * before mounting or daemonizing. A failure prints one line and returns one
+ * of the exit statuses of enum fs_exit in internal.h.
+ *
  * Errors: every FUSE operation returns 0 or a negative errno. Below this
  * layer, the client returns a result plus detail; client_error_errno() turns
  * it into an errno here, and the detail is logged and, for `new`, shown in
@@ -22,8 +31,8 @@
 #ifndef ASANAFS_FS_H
 #define ASANAFS_FS_H
 
-/* Parses the command line, mounts, serves until unmounted and returns the
- * process exit status. */
+/* Parses the command line, checks, mounts, serves until unmounted and
+ * returns the process exit status (0 to 6, see enum fs_exit). */
 int fs_main(int argc, char *argv[]);
 
 #endif

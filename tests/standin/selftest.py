@@ -24,7 +24,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
-from standin import StandIn, make_archive  # noqa: E402
+from standin import StandIn, StandInError, make_archive  # noqa: E402
 
 TOKEN = "selftest-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}
@@ -432,6 +432,31 @@ class ExpiryTests(StandinTestCase):
         status, _, body = fetch_json(self.api + body["next_page"]["path"], headers=AUTH)
         self.assertEqual(status, 400)
         self.assertIn("expired", body["errors"][0]["message"])
+
+
+class WorkspaceAdminTests(StandinTestCase):
+    """POST /_standin/workspaces replaces the list that the API serves."""
+
+    def test_set_workspaces_replaces_list(self):
+        workspaces = [{"gid": "1331", "name": "Acme"},
+                      {"gid": "42", "name": "a/b", "is_organization": False}]
+        self.standin.set_workspaces(workspaces)
+        status, _, body = fetch_json(self.api + "/workspaces?limit=100&opt_fields="
+                                     "name,is_organization", headers=AUTH)
+        self.assertEqual(status, 200)
+        self.assertEqual([(w["gid"], w["name"], w["is_organization"]) for w in body["data"]],
+                         [("1331", "Acme", True), ("42", "a/b", False)])
+        status, _, body = fetch_json(self.api + "/workspaces/42", headers=AUTH)
+        self.assertEqual(status, 200)
+        self.assertEqual(body["data"]["name"], "a/b")
+        status, _, _ = fetch_json(self.api + "/workspaces/1332", headers=AUTH)
+        self.assertEqual(status, 404)
+
+    def test_set_workspaces_rejects_bad_lists(self):
+        for bad in ([{"gid": "x1", "name": "A"}], [{"gid": "1", "name": 5}],
+                    [{"gid": "1", "name": "A"}, {"gid": "1", "name": "B"}], ["1"]):
+            with self.assertRaises(StandInError, msg=repr(bad)):
+                self.standin.set_workspaces(bad)
 
 
 class GeneratorTests(unittest.TestCase):

@@ -9,7 +9,7 @@ import socket
 import subprocess
 
 from harness import (ASANAFS, ORG, TOKEN, ArchiveTestCase, main, read_text,
-                     run, wait_for)
+                     record_trials, run, wait_for)
 
 ODD_WORKSPACES = [
     {"gid": "1331", "name": "Acme"},
@@ -198,6 +198,9 @@ class StartupTest(ArchiveTestCase):
             mount.options = [option]
             self.start_fails(mount, 1, "^" + re.escape(message))
         self.assertEqual(self.count("GET /users/me"), 0)
+        record_trials("bad input", "option value out of range or unparsable",
+                      len(cases), 0, "exit 1, one line naming the range, "
+                      "nothing mounted")
         result = run([ASANAFS, "one", "two", "three"], check=False)
         self.assertEqual(result.returncode, 1)
         self.assertIn("too many arguments", result.stderr)

@@ -51,7 +51,7 @@ def options_from_lines(lines, tag_indent, body_indent):
     BODY_INDENT or deeper."""
     options = {}
     name = None
-    tag = re.compile(r"^ {%d}-o (\w+)(=\S*)?(.*)$" % tag_indent)
+    tag = re.compile(r"^ {%d}-o ([\w,]+)(=\S*)?(.*)$" % tag_indent)
     for line in lines:
         match = tag.match(line)
         if match:
@@ -88,8 +88,20 @@ class ManPageTest(unittest.TestCase):
         cls.help_status = help_result.returncode
         cls.help_text = help_result.stdout
         help_lines = help_result.stdout.splitlines()
-        cls.help_options = options_from_lines(
+        help_options = options_from_lines(
             section(help_lines, r"^asanafs options:$", r"^\S"), 4, 5)
+        # One entry such as "-o _netdev,noauto,...": accepted and ignored.
+        cls.help_ignored = set()
+        cls.help_options = {}
+        for key, description in help_options.items():
+            if "," in key:
+                cls.help_ignored.update(key.split(","))
+            else:
+                cls.help_options[key] = description
+        ignored = re.search(r"The options (.*?) of fstab\(5\) are accepted and ignored",
+                            squeeze(rendered.stdout))
+        cls.man_ignored = set(re.findall(r"\w+", ignored.group(1))) - {"and"} \
+            if ignored else set()
 
     def test_renders_without_warnings(self):
         result = render_man_page(80)
@@ -110,6 +122,12 @@ class ManPageTest(unittest.TestCase):
         self.assertEqual(self.help_status, 0)
         self.assertEqual(sorted(self.help_options), sorted(self.man_options),
                          "options in asanafs --help and in the man page differ")
+
+    def test_ignored_fstab_options_match_help(self):
+        self.assertEqual(self.man_ignored,
+                         {"_netdev", "noauto", "nofail", "auto", "user", "users",
+                          "defaults"})
+        self.assertEqual(self.help_ignored, self.man_ignored)
 
     def test_defaults_match_help(self):
         for name, description in self.man_options.items():

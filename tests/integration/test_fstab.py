@@ -104,9 +104,11 @@ class FstabTest(MountTestCase):
         env = dict(os.environ)
         env.pop("ASANA_ACCESS_TOKEN", None)
         script = SESSION.format(org=ORG)
+        # libmount makes the source word an absolute path when a file of that
+        # name is in the working folder, as the build folder has asanafs.
         result = run(["unshare", "-m", "sh", "-c", script, "session", self.bin_dir,
                       self.mount_point] + list(mount_command),
-                     check=False, env=env, timeout=120)
+                     check=False, env=env, timeout=120, cwd=self.workdir)
         steps = {}
         for line in result.stdout.splitlines():
             name, _, status = line.partition(" ")

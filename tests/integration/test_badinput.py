@@ -1,0 +1,387 @@
+"""Bad input through a real mount: bad names in every folder and through
+every changing operation, writes to read-only files, reads far past the
+end, zero-length writes, and broken replies from the API and the storage
+host. Each must fail with the errno a user expects, create nothing on
+disk, log the failure and leave the mount working.
+
+The errno expected for a name that does not exist, by operation:
+
+| operation                          | errno                                |
+| ---------------------------------- | ------------------------------------ |
+| stat, rmdir, unlink, rename from   | ENOENT: nothing has that name        |
+| open for writing, truncate, chmod  | ENOENT                               |
+| utime                              | ENOENT                               |
+| open(O_CREAT), rename to           | EACCES: the tree is read-only        |
+| mkdir outside exports/             | EACCES                               |
+| mkdir exports/NAME, NAME no gid    | EINVAL: export folders are gids      |
+| mkdir exports/GID, GID unknown     | ENOENT: Asana answers 404            |
+| any, name over 255 bytes           | ENAMETOOLONG                         |
+| any, parent is a file              | ENOTDIR                              |
+
+`..` is resolved by the kernel to the parent folder, so it gets the
+kernel's answers for an existing folder: EEXIST for mkdir, ENOTEMPTY for
+rmdir, EISDIR for unlink and for opening or truncating it for writing,
+EBUSY for rename, and EACCES from asanafs for chmod and utime of the
+parent."""
+
+import errno
+import gzip
+import os
+import struct
+import zlib
+
+from harness import (ORG, ArchiveTestCase, main, read_text, record_trials,
+                     sha256_file, wait_for)
+from recorder import Recorder
+
+WORKSPACE = "1332"
+UNKNOWN_GID = "1205999999999999"
+
+NAMES = {
+    "letters": "abc",
+    "255 bytes": "x" * 255,
+    "256 bytes": "x" * 256,
+    "1100 bytes": "y" * 1100,
+    "dot-dot": "..",
+    "spaces": "a b c",
+    "quotes": "q'\"`",
+    "non-ASCII": "\u00fcn\u00efc\u00f8d\u00e9-\u65e5\u672c",
+    "32 digits": "9" * 32,
+    "unknown gid": UNKNOWN_GID,
+    "negative": "-1",
+}
+
+OPERATIONS = ("stat", "mkdir", "rmdir", "create", "unlink", "rename from",
+              "rename to", "write", "truncate", "chmod", "utime")
+
+# What ".." gets from the kernel, per operation (see the module docstring).
+DOT_DOT = {"stat": 0, "mkdir": errno.EEXIST, "rmdir": errno.ENOTEMPTY,
+           "create": errno.EISDIR, "unlink": errno.EISDIR,
+           "rename from": errno.EBUSY, "rename to": errno.EBUSY,
+           "write": errno.EISDIR, "truncate": errno.EISDIR,
+           "chmod": errno.EACCES, "utime": errno.EACCES}
+
+
+def expected_errno(folder_kind, name_key, name, operation):
+    """Returns the errno the table in the module docstring gives, or 0."""
+    if folder_kind == "file":
+        return errno.ENOTDIR
+    if name_key == "dot-dot":
+        return DOT_DOT[operation]
+    if len(name.encode()) > 255:
+        return errno.ENAMETOOLONG
+    if operation in ("create", "rename to"):
+        return errno.EACCES
+    if operation == "mkdir":
+        if folder_kind != "exports":
+            return errno.EACCES
+        return errno.ENOENT if name_key == "unknown gid" else errno.EINVAL
+    return errno.ENOENT
+
+
+def attempt(operation, path, existing_file):
+    """Runs one operation on PATH and returns 0 or the errno it failed with."""
+    try:
+        if operation == "stat":
+            os.stat(path)
+        elif operation == "mkdir":
+            os.mkdir(path)
+        elif operation == "rmdir":
+            os.rmdir(path)
+        elif operation == "create":
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        elif operation == "unlink":
+            os.unlink(path)
+        elif operation == "rename from":
+            os.rename(path, existing_file + ".renamed")
+        elif operation == "rename to":
+            os.rename(existing_file, path)
+        elif operation == "write":
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"x")
+            finally:
+                os.close(fd)
+        elif operation == "truncate":
+            os.truncate(path, 0)
+        elif operation == "chmod":
+            os.chmod(path, 0o600)
+        elif operation == "utime":
+            os.utime(path, (1, 1))
+        return 0
+    except OSError as error:
+        return error.errno
+
+
+def disk_snapshot(workdir, skip):
+    """Lists every path under WORKDIR except the folders in SKIP."""
+    found = set()
+    for root, dirs, files in os.walk(workdir):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in skip]
+        for name in dirs + files:
+            found.add(os.path.relpath(os.path.join(root, name), workdir))
+    return found
+
+
+def tree_snapshot(mount, folders):
+    return {folder: sorted(os.listdir(mount.p(folder))) for folder in folders}
+
+
+class BadNamesTest(ArchiveTestCase):
+    archive_size = 256 * 1024
+
+    def test_bad_names_in_every_folder(self):
+        mount = self.mount()
+        gid, _ = self.finished_export(mount)
+        folders = {
+            "root": "",
+            "orgs": "orgs",
+            "org": "orgs/" + ORG,
+            "workspace": "orgs/" + WORKSPACE,
+            "exports": "orgs/%s/exports" % ORG,
+            "export": "orgs/%s/exports/%s" % (ORG, gid),
+            "file": "orgs/%s/workspace.json" % ORG,
+        }
+        listed = [f for k, f in folders.items() if k != "file"]
+        existing_file = mount.p("orgs", ORG, "workspace.json")
+        skip = {mount.path, mount.cache_dir}
+        disk_before = disk_snapshot(self.workdir, skip)
+        cache_before = disk_snapshot(mount.cache_dir, set())
+        tree_before = tree_snapshot(mount, listed)
+        workspace_json = read_text(existing_file)
+
+        mismatches = []
+        trials = {operation: 0 for operation in OPERATIONS}
+        failures = {operation: 0 for operation in OPERATIONS}
+        for folder_kind, folder in folders.items():
+            for name_key, name in NAMES.items():
+                # The root's ".." is the folder above the mount point.
+                if folder_kind == "root" and name_key == "dot-dot":
+                    continue
+                path = mount.p(folder, name)
+                for operation in OPERATIONS:
+                    want = expected_errno(folder_kind, name_key, name, operation)
+                    got = attempt(operation, path, existing_file)
+                    trials[operation] += 1
+                    if got != want:
+                        failures[operation] += 1
+                        mismatches.append("%s %s/<%s>: %s, expected %s" % (
+                            operation, folder_kind, name_key,
+                            errno.errorcode.get(got, got),
+                            errno.errorcode.get(want, want)))
+
+        for operation in OPERATIONS:
+            record_trials("bad input", "bad names: " + operation,
+                          trials[operation], failures[operation],
+                          "expected errno, nothing created")
+        self.assertEqual(mismatches, [])
+        self.assertIsNone(mount.proc.poll(), "asanafs exited")
+        self.assertEqual(disk_snapshot(self.workdir, skip), disk_before)
+        self.assertEqual(tree_snapshot(mount, listed), tree_before)
+        self.assertEqual(read_text(existing_file), workspace_json)
+        self.assertEqual(disk_snapshot(mount.cache_dir, set()), cache_before)
+        for root, dirs, files in os.walk(mount.cache_dir):
+            for entry in dirs + files:
+                for name_key, name in NAMES.items():
+                    if name_key != "dot-dot":
+                        self.assertNotIn(name, entry, os.path.join(root, entry))
+
+    def test_read_only_files_and_odd_sizes(self):
+        mount = self.mount()
+        gid, path = self.finished_export(mount)
+        export = mount.p("orgs", ORG, "exports", gid)
+        read_only = [mount.p("orgs", ORG, "workspace.json"),
+                     os.path.join(export, "state"),
+                     os.path.join(export, "info.json"),
+                     os.path.join(export, "export.json"),
+                     os.path.join(export, "export.json.gz")]
+        trials = 0
+        for file in read_only:
+            for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND,
+                          os.O_WRONLY | os.O_TRUNC):
+                trials += 1
+                with self.assertRaises(OSError) as caught:
+                    os.close(os.open(file, flags))
+                self.assertEqual(caught.exception.errno, errno.EACCES,
+                                 "%s with flags %o" % (file, flags))
+        record_trials("bad input", "writes to read-only files", trials, 0,
+                      "EACCES")
+
+        # Reads at and far past the end return no bytes.
+        trials = 0
+        for file in read_only:
+            size = os.path.getsize(file)
+            with open(file, "rb") as f:
+                for offset in (size, size + 1, 1 << 31, 1 << 40, (1 << 62)):
+                    trials += 1
+                    self.assertEqual(os.pread(f.fileno(), 4096, offset), b"",
+                                     "%s at %d" % (file, offset))
+        record_trials("bad input", "reads far past the end", trials, 0,
+                      "no bytes, no error")
+        self.assertEqual(sha256_file(path), self.sha)
+
+        # A zero-length write to `new` starts no export.
+        new = mount.p("orgs", ORG, "exports", "new")
+        before = read_text(new)
+        posts = self.count("POST /organization_exports")
+        for _ in range(3):
+            fd = os.open(new, os.O_WRONLY)
+            try:
+                self.assertEqual(os.write(fd, b""), 0)
+            finally:
+                os.close(fd)
+        self.assertEqual(self.count("POST /organization_exports"), posts)
+        self.assertEqual(read_text(new), before)
+        self.assertEqual(sorted(os.listdir(mount.p("orgs", ORG, "exports"))),
+                         sorted([gid, "latest", "new"]))
+        record_trials("bad input", "zero-length writes to new", 3, 0,
+                      "no export started")
+        self.assertIsNone(mount.proc.poll(), "asanafs exited")
+
+
+def corrupt_trailer(source, target, field):
+    """Copies the gzip archive SOURCE to TARGET with a wrong CRC-32 or ISIZE
+    in its trailer."""
+    with open(source, "rb") as f:
+        data = bytearray(f.read())
+    offset = -8 if field == "crc" else -4
+    value = struct.unpack("<I", data[offset:offset + 4 or None])[0]
+    data[offset:offset + 4 or None] = struct.pack("<I", value ^ 0x5A5A)
+    with open(target, "wb") as f:
+        f.write(bytes(data))
+
+
+class BadRepliesTest(ArchiveTestCase):
+    """Each bad reply makes one mkdir or one read fail with a log line, and
+    then the mount still works. A mkdir fetches the export record, and a
+    read downloads the archive."""
+
+    archive_size = 512 * 1024
+    standin_options = {"export_seconds": 0}
+
+    def adopt(self, mount, gid):
+        """Runs mkdir exports/GID and returns 0 or its errno."""
+        try:
+            os.mkdir(mount.p("orgs", ORG, "exports", gid))
+            return 0
+        except OSError as error:
+            return error.errno
+
+    def check_bad_reply(self, mount, case, fault, expected, log_text):
+        gid = self.standin.create_export(state="finished")["gid"]
+        log_start = len(mount.log())
+        self.standin.fault(api_status=dict(fault, prefix="GET /organization_exports/",
+                                           count=-1))
+        got = self.adopt(mount, gid)
+        self.standin.clear_faults()
+        self.assertEqual(got, expected, "%s: %s" % (case, errno.errorcode.get(got)))
+        self.assertIsNone(mount.proc.poll(), "asanafs exited after " + case)
+        self.assertIn(log_text, mount.log()[log_start:], case)
+        self.assertIn("adopting export %s failed" % gid, mount.log()[log_start:])
+        # The mount still works: the same mkdir succeeds once the replies are
+        # good again, and the export reads in full.
+        self.assertEqual(self.adopt(mount, gid), 0, case)
+        path = mount.p("orgs", ORG, "exports", gid, "export.json")
+        self.assertEqual(sha256_file(path), self.sha, case)
+        record_trials("bad input", "API reply: " + case, 1, 0,
+                      "%s, logged, mount up" % errno.errorcode[expected])
+
+    def test_bad_api_replies(self):
+        mount = self.mount(options=["timeout=10"])
+        json_type = "application/json; charset=UTF-8"
+        html = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title>"
+                "</head><body><h1>Bad Gateway</h1></body></html>")
+        cases = [
+            ("malformed JSON",
+             {"status": 200, "body": '{"data": {"gid": "1", "state": ',
+              "content_type": json_type},
+             errno.EIO, "not valid JSON"),
+            ("wrong types",
+             {"status": 200, "body": '{"data": {"gid": 12, "state": ["x"], '
+              '"created_at": 5, "organization": "1331"}}',
+              "content_type": json_type},
+             errno.EIO, "invalid gid"),
+            ("missing data",
+             {"status": 200, "body": '{"gid": "1", "state": "finished"}',
+              "content_type": json_type},
+             errno.EIO, "no data object"),
+            ("data of null",
+             {"status": 200, "body": '{"data": null}', "content_type": json_type},
+             errno.EIO, "no data object"),
+            ("body over the cap",
+             {"status": 200, "body": "[" * 1024, "repeat": 9 * 1024,
+              "content_type": json_type},
+             errno.EIO, "larger than the limit"),
+            ("HTML page with 200",
+             {"status": 200, "body": html, "content_type": "text/html"},
+             errno.EIO, "not valid JSON"),
+            ("HTML error page",
+             {"status": 404, "body": html, "content_type": "text/html"},
+             errno.ENOENT, "404"),
+            ("Content-Length too short",
+             {"status": 200, "body": '{"data": {"gid": "1"}}', "content_length": 5,
+              "content_type": json_type},
+             errno.EIO, "not valid JSON"),
+            ("Content-Length too long",
+             {"status": 200, "body": '{"data": {"gid": "1"}}',
+              "content_length": 5000, "content_type": json_type},
+             errno.EIO, "bytes remaining to read"),
+        ]
+        for case, fault, expected, log_text in cases:
+            with self.subTest(case=case):
+                self.check_bad_reply(mount, case, fault, expected, log_text)
+
+    def test_api_redirect_to_another_host(self):
+        recorder = Recorder().start()
+        try:
+            mount = self.mount(options=["timeout=10"])
+            gid = self.standin.create_export(state="finished")["gid"]
+            for status in (301, 302, 307, 308):
+                self.standin.fault(api_status={
+                    "status": status, "location": recorder.origin + "/api/1.0",
+                    "prefix": "GET /organization_exports/", "count": -1})
+                self.assertEqual(self.adopt(mount, gid), errno.EIO)
+                self.standin.clear_faults()
+                self.assertIn("does not follow API redirects", mount.log())
+            self.assertEqual(recorder.received(), [])
+            self.assertEqual(self.adopt(mount, gid), 0)
+            self.assertIsNone(mount.proc.poll())
+            record_trials("bad input", "API redirect to another host", 4, 0,
+                          "EIO, not followed, logged")
+        finally:
+            recorder.stop()
+
+    def test_bad_archives(self):
+        mount = self.mount()
+        bad = {}
+        for field in ("crc", "isize"):
+            bad[field] = os.path.join(self.workdir, "bad-%s.json.gz" % field)
+            corrupt_trailer(self.archive, bad[field], field)
+        # A trailer whose ISIZE is wrong shows as the wrong size at stat, so
+        # the download is the first place the data can disagree with it.
+        cases = [("gzip CRC mismatch", bad["crc"], "incorrect data check"),
+                 ("gzip length mismatch", bad["isize"], "incorrect length check")]
+        for case, archive, log_text in cases:
+            gid = self.standin.create_export(state="finished",
+                                             archive=archive)["gid"]
+            self.assertEqual(self.adopt(mount, gid), 0)
+            path = mount.p("orgs", ORG, "exports", gid, "export.json")
+            for attempt_number in range(2):
+                with self.assertRaises(OSError) as caught:
+                    with open(path, "rb") as f:
+                        while f.read(1 << 20):
+                            pass
+                self.assertEqual(caught.exception.errno, errno.EIO, case)
+            self.assertIn("download of export %s failed" % gid, mount.log())
+            self.assertIn(log_text, mount.log())
+            data = os.path.join(mount.cache_dir, "data", gid)
+            self.assertFalse(os.path.exists(os.path.join(data, "export.json")))
+            self.assertIsNone(mount.proc.poll())
+            record_trials("bad input", "archive: " + case, 2, 0,
+                          "EIO, logged, not cached")
+        _, good = self.finished_export(mount)
+        self.assertEqual(sha256_file(good), self.sha)
+
+
+if __name__ == "__main__":
+    main()

@@ -383,5 +383,52 @@ class BadRepliesTest(ArchiveTestCase):
         self.assertEqual(sha256_file(good), self.sha)
 
 
+def write_bomb(path, zeros):
+    """Writes a gzip bomb: a member of ZEROS zero bytes, then a member of a
+    short text, so that the trailer states only the text's size."""
+    with open(path, "wb") as f:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            f.write(compressor.compress(block))
+        f.write(compressor.flush())
+        f.write(gzip.compress(b'{"data": []}\n'))
+
+
+class BombTest(ArchiveTestCase):
+    archive_size = 256 * 1024
+    standin_options = {"export_seconds": 0}
+
+    def test_gzip_bomb_stopped(self):
+        bomb = os.path.join(self.workdir, "bomb.json.gz")
+        write_bomb(bomb, 256 << 20)
+        compressed = os.path.getsize(bomb)
+        trials = 0
+        for options, limit in (([], compressed * 256),
+                               (["cache_size=8M"], 8 << 20)):
+            mount = self.mount(options=options, name="mnt%d" % trials)
+            gid = self.standin.create_export(state="finished",
+                                             archive=bomb)["gid"]
+            os.mkdir(mount.p("orgs", ORG, "exports", gid))
+            path = mount.p("orgs", ORG, "exports", gid, "export.json")
+            self.assertEqual(os.path.getsize(path), 13)
+            with self.assertRaises(OSError) as caught:
+                with open(path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+            self.assertEqual(caught.exception.errno, errno.EFBIG, options)
+            self.assertIn("gzip bomb", mount.log())
+            data = os.path.join(mount.cache_dir, "data", gid)
+            self.assertEqual(sorted(os.listdir(data)), ["meta"])
+            self.assertLess(limit, 256 << 20)
+            self.assertIsNone(mount.proc.poll())
+            _, good = self.finished_export(mount)
+            self.assertEqual(sha256_file(good), self.sha)
+            mount.stop()
+            trials += 1
+        record_trials("bad input", "gzip bomb of several members", trials, 0,
+                      "EFBIG, logged, nothing kept")
+
+
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@ set -eu
 cd "$(dirname "$0")/.."
 
 packages="gcc meson ninja-build pkg-config libfuse3-dev fuse3
-  libcurl4-openssl-dev libjansson-dev zlib1g-dev python3 rsync gzip attr"
+  libcurl4-openssl-dev libjansson-dev zlib1g-dev python3 rsync gzip attr
+  valgrind"
 missing=""
 for package in $packages; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||

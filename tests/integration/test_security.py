@@ -68,13 +68,16 @@ class SecretsTest(ArchiveTestCase):
 
     def assert_no_secret(self, mount, seen, token):
         text = mount.log()
-        for secret in (token,) + URL_MARKERS:
+        signatures = tuple(sorted({r["signature"] for r in self.standin.requests()
+                                   if r.get("signature")}))
+        secrets = (token,) + URL_MARKERS + signatures
+        for secret in secrets:
             self.assertNotIn(secret, text, "in the log")
             for message in seen:
                 self.assertNotIn(secret, message, "in an error message")
         for path in files_under(mount.cache_dir):
             data = read_bytes(path)
-            for secret in (token,) + URL_MARKERS:
+            for secret in secrets:
                 self.assertNotIn(secret.encode(), data, path)
         for name in ("cmdline", "environ"):
             data = read_bytes("/proc/%d/%s" % (mount.proc.pid, name))
@@ -84,6 +87,7 @@ class SecretsTest(ArchiveTestCase):
         mount = self.mount(args=["-d"], token=SECRET)
         seen = self.use_mount(mount)
         self.assertIn("debug:", mount.log())
+        self.assertTrue(any(r.get("signature") for r in self.standin.requests()))
         self.assert_no_secret(mount, seen, SECRET)
         record_trials("security", "token and URLs absent, token from "
                       "environment, -d", 1, 0,

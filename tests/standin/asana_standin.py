@@ -1081,6 +1081,8 @@ class DownloadHandler(BaseHandler):
         if export is None:
             raise DownloadError(404, "NoSuchKey", "The specified key does not exist.")
         self.url_signature = signature
+        # Tests search logs and files for the signatures handed out.
+        self.entry["signature"] = signature
         return export
 
     def redirect_elsewhere(self):

@@ -29,6 +29,8 @@ import gzip
 import os
 import re
 import struct
+import subprocess
+import time
 import zlib
 
 from harness import (ORG, ArchiveTestCase, main, read_text, record_trials,
@@ -356,6 +358,59 @@ class BadRepliesTest(ArchiveTestCase):
         for case, fault, expected, log_text in BAD_API_REPLIES:
             with self.subTest(case=case):
                 self.check_bad_reply(mount, case, fault, expected, log_text)
+
+    def test_bad_listing_replies(self):
+        # Every case fails the listing with EIO, a 404 too: glibc would
+        # take ENOENT from a folder listing for its end.
+        wording = {"wrong types": "no data array",
+                   "missing data": "no data array",
+                   "data of null": "no data array"}
+        mount = self.mount(options=["timeout=10"])
+        orgs = mount.p("orgs")
+        listing = sorted(os.listdir(orgs))
+        for case, fault, _, log_text in BAD_API_REPLIES:
+            with self.subTest(case=case):
+                # The list is fetched again once state_ttl (1 s) has passed.
+                time.sleep(1.2)
+                log_start = len(mount.log())
+                self.standin.fault(api_status=dict(fault, prefix="GET /workspaces",
+                                                   count=-1))
+                result = subprocess.run(["ls", orgs], capture_output=True,
+                                        text=True, timeout=120)
+                self.standin.clear_faults()
+                self.assertNotEqual(result.returncode, 0, case)
+                self.assertIn("Input/output error", result.stderr, case)
+                log = mount.log()[log_start:]
+                self.assertIn("listing workspaces failed", log, case)
+                self.assertIn(wording.get(case, log_text), log, case)
+                self.assertIsNone(mount.proc.poll(), "asanafs exited")
+                self.assertEqual(sorted(os.listdir(orgs)), listing, case)
+                record_trials("bad input", "API reply to a listing: " + case,
+                              1, 0, "EIO, logged, mount up")
+
+    def test_bad_create_replies(self):
+        mount = self.mount(options=["timeout=10"])
+        new = mount.p("orgs", ORG, "exports", "new")
+        for case, fault, expected, log_text in BAD_API_REPLIES:
+            with self.subTest(case=case):
+                log_start = len(mount.log())
+                self.standin.fault(api_status=dict(
+                    fault, prefix="POST /organization_exports", count=-1))
+                with self.assertRaises(OSError) as caught:
+                    with open(new, "w") as f:
+                        f.write("\n")
+                self.standin.clear_faults()
+                self.assertEqual(caught.exception.errno, expected, case)
+                text = read_text(new)
+                self.assertTrue(text.startswith("error: "), text)
+                self.assertIn(log_text, text, case)
+                self.assertIn("starting an export of organization %s failed"
+                              % ORG, mount.log()[log_start:], case)
+                self.assertIsNone(mount.proc.poll(), "asanafs exited")
+                self.create_export(mount)
+                record_trials("bad input", "API reply to an export start: "
+                              + case, 1, 0,
+                              "%s, message in new, logged" % errno.errorcode[expected])
 
     def test_bad_replies_under_valgrind(self):
         mount = self.mount(options=["timeout=20"], args=["-d"], start=False)

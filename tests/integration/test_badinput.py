@@ -26,6 +26,7 @@ parent."""
 
 import errno
 import gzip
+import json
 import os
 import re
 import struct
@@ -387,6 +388,58 @@ class BadRepliesTest(ArchiveTestCase):
                 self.assertEqual(sorted(os.listdir(orgs)), listing, case)
                 record_trials("bad input", "API reply to a listing: " + case,
                               1, 0, "EIO, logged, mount up")
+
+    def test_bad_workspace_items(self):
+        mount = self.mount(options=["timeout=10"])
+        orgs = mount.p("orgs")
+        listing = sorted(os.listdir(orgs))
+        skip = {mount.path, mount.cache_dir}
+        disk_before = disk_snapshot(self.workdir, skip)
+        cases = [
+            ("gid with a path", {"gid": "../../evil", "name": "x"},
+             "invalid gid"),
+            ("gid with a slash", {"gid": "1/2", "name": "x"}, "invalid gid"),
+            ("gid as a number", {"gid": 1331, "name": "x"}, "invalid gid"),
+            ("gid of 40 digits", {"gid": "9" * 40, "name": "x"}, "invalid gid"),
+            ("empty gid", {"gid": "", "name": "x"}, "invalid gid"),
+            ("item not an object", 5, "not an object"),
+        ]
+        for case, item, log_text in cases:
+            with self.subTest(case=case):
+                time.sleep(1.2)
+                log_start = len(mount.log())
+                body = json.dumps({"data": [item]})
+                self.standin.fault(api_status={
+                    "status": 200, "body": body, "content_type": JSON_TYPE,
+                    "prefix": "GET /workspaces", "count": -1})
+                with self.assertRaises(OSError) as caught:
+                    os.listdir(orgs)
+                self.standin.clear_faults()
+                self.assertEqual(caught.exception.errno, errno.EIO, case)
+                self.assertIn(log_text, mount.log()[log_start:], case)
+                self.assertEqual(sorted(os.listdir(orgs)), listing, case)
+                record_trials("bad input", "workspace list item: " + case, 1, 0,
+                              "EIO, logged, nothing created")
+
+        # A gid listed twice, as when the list changes between pages, shows
+        # as one folder.
+        time.sleep(1.2)
+        body = json.dumps({"data": [{"gid": ORG, "name": "a",
+                                     "is_organization": True},
+                                    {"gid": ORG, "name": "a",
+                                     "is_organization": True}]})
+        self.standin.fault(api_status={
+            "status": 200, "body": body, "content_type": JSON_TYPE,
+            "prefix": "GET /workspaces", "count": -1})
+        self.assertEqual(os.listdir(orgs), [ORG])
+        self.standin.clear_faults()
+        self.assertIn("duplicate entries", mount.log())
+        record_trials("bad input", "workspace list item: duplicate gid", 1, 0,
+                      "listed once, logged")
+        self.assertEqual(disk_snapshot(self.workdir, skip), disk_before)
+        for path in disk_snapshot(mount.cache_dir, set()):
+            self.assertNotIn("evil", path)
+        self.assertIsNone(mount.proc.poll())
 
     def test_bad_create_replies(self):
         mount = self.mount(options=["timeout=10"])

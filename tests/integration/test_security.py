@@ -7,6 +7,7 @@ mount without allow_other. Plain http to a host that is not loopback is
 rejected before any connection."""
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -169,6 +170,44 @@ class HeadersTest(ArchiveTestCase):
                 self.assertNotIn(secret, mount.log())
             record_trials("security", "no Authorization after a storage "
                           "redirect", len(elsewhere), 0, "none sent")
+        finally:
+            recorder.stop()
+
+
+    def test_bad_download_urls_rejected(self):
+        recorder = Recorder().start()
+        try:
+            mount = self.mount()
+            host = recorder.origin[len("http://"):]
+            cases = [("user info", "http://user:pw9@%s/x.gz?X-Signature=s" % host,
+                      "user info"),
+                     ("file scheme", "file:///etc/passwd", "not a valid URL"),
+                     ("ftp scheme", "ftp://%s/x.gz" % host, "scheme ftp")]
+            for case, url, log_text in cases:
+                gid = self.standin.create_export(state="finished")["gid"]
+                record = {"gid": gid, "resource_type": "organization_export",
+                          "created_at": "2024-01-01T00:00:00.000Z",
+                          "download_url": url, "state": "finished",
+                          "organization": {"gid": ORG,
+                                           "resource_type": "workspace"}}
+                self.standin.fault(api_status={
+                    "status": 200, "body": json.dumps({"data": record}),
+                    "content_type": "application/json", "count": -1,
+                    "prefix": "GET /organization_exports/"})
+                os.mkdir(mount.p("orgs", ORG, "exports", gid))
+                result = subprocess.run(
+                    ["cat", mount.p("orgs", ORG, "exports", gid, "export.json")],
+                    capture_output=True, timeout=60)
+                self.standin.clear_faults()
+                self.assertNotEqual(result.returncode, 0, case)
+                self.assertIn(b"Input/output error", result.stderr, case)
+                self.assertIn(log_text, mount.log(), case)
+                self.assertNotIn("pw9", mount.log())
+            self.assertEqual(recorder.received(), [])
+            self.assertIsNone(mount.proc.poll())
+            record_trials("security", "download URL with user info or "
+                          "another scheme", len(cases), 0,
+                          "EIO, no request sent")
         finally:
             recorder.stop()
 

@@ -351,14 +351,17 @@ class BadRepliesTest(ArchiveTestCase):
         self.assertEqual(self.adopt(mount, gid), 0, case)
         path = mount.p("orgs", ORG, "exports", gid, "export.json")
         self.assertEqual(sha256_file(path), self.sha, case)
-        record_trials("bad input", "API reply: " + case, 1, 0,
-                      "%s, logged, mount up" % errno.errorcode[expected])
 
     def test_bad_api_replies(self):
         mount = self.mount(options=["timeout=10"])
         for case, fault, expected, log_text in BAD_API_REPLIES:
+            passed = False
             with self.subTest(case=case):
                 self.check_bad_reply(mount, case, fault, expected, log_text)
+                passed = True
+            record_trials("bad input", "reply to GET /organization_exports/GID: "
+                          + case, 1, 0 if passed else 1,
+                          "%s, logged, mount up" % errno.errorcode[expected])
 
     def test_bad_listing_replies(self):
         # Every case fails the listing with EIO, a 404 too: glibc would
@@ -369,6 +372,7 @@ class BadRepliesTest(ArchiveTestCase):
         mount = self.mount(options=["timeout=10"])
         orgs = mount.p("orgs")
         listing = sorted(os.listdir(orgs))
+        passed = 0
         for case, fault, _, log_text in BAD_API_REPLIES:
             with self.subTest(case=case):
                 # The list is fetched again once state_ttl (1 s) has passed.
@@ -386,8 +390,11 @@ class BadRepliesTest(ArchiveTestCase):
                 self.assertIn(wording.get(case, log_text), log, case)
                 self.assertIsNone(mount.proc.poll(), "asanafs exited")
                 self.assertEqual(sorted(os.listdir(orgs)), listing, case)
-                record_trials("bad input", "API reply to a listing: " + case,
-                              1, 0, "EIO, logged, mount up")
+                passed += 1
+        record_trials("bad input", "reply to GET /workspaces: all %d bad kinds"
+                      % len(BAD_API_REPLIES),
+                      len(BAD_API_REPLIES), len(BAD_API_REPLIES) - passed,
+                      "EIO, logged, mount up")
 
     def test_bad_workspace_items(self):
         mount = self.mount(options=["timeout=10"])
@@ -404,6 +411,7 @@ class BadRepliesTest(ArchiveTestCase):
             ("empty gid", {"gid": "", "name": "x"}, "invalid gid"),
             ("item not an object", 5, "not an object"),
         ]
+        passed = 0
         for case, item, log_text in cases:
             with self.subTest(case=case):
                 time.sleep(1.2)
@@ -418,8 +426,10 @@ class BadRepliesTest(ArchiveTestCase):
                 self.assertEqual(caught.exception.errno, errno.EIO, case)
                 self.assertIn(log_text, mount.log()[log_start:], case)
                 self.assertEqual(sorted(os.listdir(orgs)), listing, case)
-                record_trials("bad input", "workspace list item: " + case, 1, 0,
-                              "EIO, logged, nothing created")
+                passed += 1
+        record_trials("bad input", "invalid workspace list items (paths, "
+                      "numbers, empty gids, non-objects)", len(cases),
+                      len(cases) - passed, "EIO, logged, nothing created")
 
         # A gid listed twice, as when the list changes between pages, shows
         # as one folder.
@@ -444,6 +454,7 @@ class BadRepliesTest(ArchiveTestCase):
     def test_bad_create_replies(self):
         mount = self.mount(options=["timeout=10"])
         new = mount.p("orgs", ORG, "exports", "new")
+        passed = 0
         for case, fault, expected, log_text in BAD_API_REPLIES:
             with self.subTest(case=case):
                 log_start = len(mount.log())
@@ -461,9 +472,11 @@ class BadRepliesTest(ArchiveTestCase):
                               % ORG, mount.log()[log_start:], case)
                 self.assertIsNone(mount.proc.poll(), "asanafs exited")
                 self.create_export(mount)
-                record_trials("bad input", "API reply to an export start: "
-                              + case, 1, 0,
-                              "%s, message in new, logged" % errno.errorcode[expected])
+                passed += 1
+        record_trials("bad input", "reply to POST /organization_exports: all "
+                      "%d bad kinds" % len(BAD_API_REPLIES),
+                      len(BAD_API_REPLIES), len(BAD_API_REPLIES) - passed,
+                      "EIO (ENOENT for 404), message in new, logged")
 
     def test_bad_replies_under_valgrind(self):
         mount = self.mount(options=["timeout=20"], args=["-d"], start=False)

@@ -527,6 +527,44 @@ class BadRepliesTest(ArchiveTestCase):
         finally:
             recorder.stop()
 
+    def test_bad_storage_replies(self):
+        mount = self.mount(options=["timeout=10"])
+        xml = ('<?xml version="1.0"?><Error><Code>InternalError</Code>'
+               '<Message>We encountered an internal error.</Message></Error>')
+        cases = [
+            ("HTML page with 200", {"status": 200, "body": HTML_PAGE}),
+            ("HTML error page", {"status": 502, "body": HTML_PAGE}),
+            ("XML error", {"status": 500, "body": xml,
+                           "content_type": "application/xml"}),
+            ("Content-Length too short", {"status": 200, "body": HTML_PAGE,
+                                          "content_length": 5}),
+            ("Content-Length too long", {"status": 200, "body": HTML_PAGE,
+                                         "content_length": 1 << 20}),
+        ]
+        passed = 0
+        for case, fault in cases:
+            with self.subTest(case=case):
+                # The size probe runs before the fault, so only the download
+                # gets the bad reply.
+                gid, path = self.finished_export(mount)
+                log_start = len(mount.log())
+                self.standin.fault(storage_reply=dict(fault, count=-1))
+                result = subprocess.run(["cat", path], capture_output=True,
+                                        timeout=120)
+                self.standin.clear_faults()
+                self.assertNotEqual(result.returncode, 0, case)
+                self.assertIn(b"Input/output error", result.stderr, case)
+                self.assertIn("download of export %s failed" % gid,
+                              mount.log()[log_start:], case)
+                self.assertIsNone(mount.proc.poll(), "asanafs exited")
+                data = os.path.join(mount.cache_dir, "data", gid)
+                self.assertEqual(sorted(os.listdir(data)), ["meta"], case)
+                self.assertEqual(sha256_file(path), self.sha, case)
+                passed += 1
+        record_trials("bad input", "storage host replies (HTML, XML error, "
+                      "wrong Content-Length)", len(cases), len(cases) - passed,
+                      "EIO, logged, not cached, next read works")
+
     def test_bad_archives(self):
         mount = self.mount()
         bad = {}

@@ -160,6 +160,7 @@ FAULT_KINDS = {
     "throttle": "bytes_per_second",
     "fail_exports": None,
     "redirect": "location",
+    "storage_reply": "status",
 }
 # Settings that stay until changed or until DELETE /_standin/faults.
 SETTING_KINDS = ("export_seconds", "url_ttl", "offset_ttl")
@@ -223,11 +224,11 @@ def validate_fault_entry(kind, entry):
     if isinstance(count, bool) or not isinstance(count, int) or (count < 1 and count != -1):
         raise AdminError("fault %s: count must be a positive integer or -1 (until cleared), "
                          "got %r" % (kind, count))
-    if kind == "api_status":
+    if kind in ("api_status", "storage_reply"):
         status = entry.get("status")
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise AdminError("fault api_status: status must be an HTTP status 100-599, got %r"
-                             % (status,))
+            raise AdminError("fault %s: status must be an HTTP status 100-599, got %r"
+                             % (kind, status))
         if "retry_after" in entry:
             require_number("retry_after")
         if "repeat" in entry:
@@ -1041,6 +1042,8 @@ class DownloadHandler(BaseHandler):
             export = self.authorize(path, split.query)
             if self.command == "GET" and self.redirect_elsewhere():
                 pass
+            elif self.command == "GET" and self.send_storage_fault():
+                pass
             else:
                 self.serve_archive(export, path, split.query)
         except DownloadError as error:
@@ -1094,6 +1097,17 @@ class DownloadHandler(BaseHandler):
         self.entry["redirected_to"] = fault["location"]
         self.send_bytes(307, b"", "application/xml",
                         {"Location": fault["location"] + self.path})
+        return True
+
+    def send_storage_fault(self):
+        """Send the raw reply of a storage_reply fault in place of the archive,
+        such as an HTML page from a proxy. Returns whether it did."""
+        fault = self.state.take_fault("storage_reply")
+        if fault is None:
+            return False
+        body = str(fault.get("body", "")).encode() * int(fault.get("repeat", 1))
+        self.send_bytes(fault["status"], body, fault.get("content_type", "text/html"),
+                        None, fault.get("content_length"))
         return True
 
     def serve_archive(self, export, path, query):

@@ -144,6 +144,7 @@ class BadNamesTest(ArchiveTestCase):
             "workspace": "orgs/" + WORKSPACE,
             "exports": "orgs/%s/exports" % ORG,
             "export": "orgs/%s/exports/%s" % (ORG, gid),
+            "names": "names",
             "file": "orgs/%s/workspace.json" % ORG,
         }
         listed = [f for k, f in folders.items() if k != "file"]
@@ -197,6 +198,7 @@ class BadNamesTest(ArchiveTestCase):
         read_only = [mount.p("orgs", ORG, "workspace.json"),
                      os.path.join(export, "state"),
                      os.path.join(export, "info.json"),
+                     os.path.join(export, "progress"),
                      os.path.join(export, "export.json"),
                      os.path.join(export, "export.json.gz")]
         trials = 0
@@ -214,8 +216,10 @@ class BadNamesTest(ArchiveTestCase):
         # Reads at and far past the end return no bytes.
         trials = 0
         for file in read_only:
-            size = os.path.getsize(file)
             with open(file, "rb") as f:
+                # progress has size 0, as files in /proc do, so its end is
+                # where its content ends.
+                size = max(os.fstat(f.fileno()).st_size, len(f.read()))
                 for offset in (size, size + 1, 1 << 31, 1 << 40, (1 << 62)):
                     trials += 1
                     self.assertEqual(os.pread(f.fileno(), 4096, offset), b"",
@@ -446,6 +450,32 @@ class BadRepliesTest(ArchiveTestCase):
         self.assertIn("duplicate entries", mount.log())
         record_trials("bad input", "workspace list item: duplicate gid", 1, 0,
                       "listed once, logged")
+
+        # Workspace names become link names in names/, so odd names must
+        # give valid, distinct file names that point into orgs/.
+        hostile = ["../../etc", ".", "..", "", "a/b", "x\n\ty\x7f",
+                   "\u00e9" * 200, "Same", "Same", "Same (1400000000000003)"]
+        items = [{"gid": str(1400000000000001 + i), "name": name,
+                  "is_organization": True} for i, name in enumerate(hostile)]
+        time.sleep(1.2)
+        self.standin.fault(api_status={
+            "status": 200, "body": json.dumps({"data": items}),
+            "content_type": JSON_TYPE, "prefix": "GET /workspaces", "count": -1})
+        links = os.listdir(mount.p("names"))
+        targets = sorted(os.readlink(mount.p("names", link)) for link in links)
+        self.standin.clear_faults()
+        self.assertEqual(len(links), len(hostile))
+        self.assertEqual(len(set(links)), len(links))
+        for link in links:
+            self.assertNotIn(link, ("", ".", ".."))
+            self.assertNotIn("/", link)
+            self.assertLessEqual(len(link.encode()), 255, link)
+            self.assertFalse(any(ord(c) < 0x20 or ord(c) == 0x7f for c in link),
+                             repr(link))
+        self.assertEqual(targets, sorted("../orgs/" + item["gid"]
+                                         for item in items))
+        record_trials("bad input", "hostile workspace names in names/",
+                      len(hostile), 0, "valid, distinct links into orgs/")
         self.assertEqual(disk_snapshot(self.workdir, skip), disk_before)
         for path in disk_snapshot(mount.cache_dir, set()):
             self.assertNotIn("evil", path)

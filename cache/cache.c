@@ -37,6 +37,15 @@
 #define ENTRY_PATH_LEN 64           /* fits "GID/NAME" for every valid gid */
 #define GZIP_MIN_SIZE 18            /* 10-byte header and 8-byte trailer */
 #define INFLATE_BUF_SIZE (256 * 1024)
+/*
+ * How many times its own size an archive may inflate to past what its gzip
+ * trailer states. Only an archive of several members or over 4 GiB goes
+ * past the trailer at all. Deflate cannot exceed 1032 to 1 (zlib's
+ * technical notes), and exported JSON compresses far less.
+ * NOTE: 256 is an estimate with room for repetitive exports, not a ratio
+ * measured on real Asana archives.
+ */
+#define INFLATE_RATIO_MAX 256
 #define WAIT_SLICE_NS 100000000L    /* how often waiters poll interrupted() */
 #define META_MAX_SIZE 256
 #define META_HEADER "asanafs-cache-meta 1\n"
@@ -129,6 +138,7 @@ struct download {
   char gid[GID_MAX_LEN + 1];
   uint64_t gz_size;           /* archive size from the probe */
   uint64_t json_size;         /* ISIZE from the gzip trailer */
+  uint64_t json_limit;        /* inflated bytes allowed; see inflate_limit() */
   uint64_t gz_written, json_written;
   struct data_files *files;   /* one reference */
   z_stream z;
@@ -1307,12 +1317,40 @@ static int open_part_files(struct download *d)
   return 0;
 }
 
+/*
+ * Returns how many bytes an archive of GZ_SIZE bytes whose trailer states
+ * JSON_SIZE may inflate to: always JSON_SIZE, and past it at most
+ * INFLATE_RATIO_MAX times GZ_SIZE and, with a cache limit, no more than
+ * fits in it. So a gzip bomb cannot fill the disk beyond what the cache
+ * planned for.
+ */
+static uint64_t inflate_limit(uint64_t max_bytes, uint64_t gz_size,
+                              uint64_t json_size)
+{
+  uint64_t limit = gz_size > UINT64_MAX / INFLATE_RATIO_MAX
+                     ? UINT64_MAX : gz_size * INFLATE_RATIO_MAX;
+  uint64_t room;
+
+  if (max_bytes > 0) {
+    room = max_bytes > gz_size ? max_bytes - gz_size : 0;
+    if (limit > room)
+      limit = room;
+  }
+  return limit > json_size ? limit : json_size;
+}
+
 static int write_output(struct download *d, size_t len)
 {
   int ret;
 
   if (len == 0)
     return 0;
+  if (len > d->json_limit - d->json_written)
+    return download_fail(d, -EFBIG, "gzip bomb: the archive inflates to "
+                         "more than %" PRIu64 " bytes, though its gzip "
+                         "trailer states %" PRIu64 " (the limit is %d times "
+                         "the archive's size, or what fits in cache_size)",
+                         d->json_limit, d->json_size, INFLATE_RATIO_MAX);
   ret = write_full(d->files->fd[CACHE_JSON], d->out, len, d->json_written);
   if (ret < 0)
     return download_fail(d, ret, "writing %s failed: %s",
@@ -1689,6 +1727,7 @@ static struct download *download_new(struct cache *cache, struct entry *e)
   snprintf(d->gid, sizeof(d->gid), "%s", e->gid);
   d->gz_size = e->gz_size;
   d->json_size = e->json_size;
+  d->json_limit = inflate_limit(cache->max_bytes, d->gz_size, d->json_size);
   d->state = MEMBER_IN_PROGRESS;
   return d;
 }

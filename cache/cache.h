@@ -36,6 +36,9 @@
  * data of the least recently used complete entries that nobody has open,
  * until the new entry fits. Entries being read are never removed, so the
  * cache exceeds its limit only by the entries being read.
+ * Inflating past the trailer's size stops with EFBIG beyond 256 times the
+ * archive's size, or beyond max_bytes when that is set, so a gzip bomb of
+ * several members cannot fill the disk.
  *
  * Errors: functions return 0 or a byte count on success and a negative errno
  * on failure (ENOSPC when the disk is full, EIO for a corrupt or truncated

@@ -937,6 +937,19 @@ static bool url_part_present(CURLU *url, CURLUPart part)
   return present;
 }
 
+/* Returns whether URL has a user name or password; false when invalid. */
+static bool url_has_user_info(const char *url)
+{
+  CURLU *parsed = curl_url();
+  bool found = false;
+
+  if (parsed && curl_url_set(parsed, CURLUPART_URL, url, 0) == CURLUE_OK)
+    found = url_part_present(parsed, CURLUPART_USER) ||
+            url_part_present(parsed, CURLUPART_PASSWORD);
+  curl_url_cleanup(parsed);
+  return found;
+}
+
 /*
  * Checks that URL is http or https, with plain http only for a loopback
  * host. WHAT names the URL in messages, which show the URL only as
@@ -2032,6 +2045,14 @@ static enum client_result fetch_download_url(struct client *c,
   rc = check_url(record.download_url, what, CLIENT_ERR_REPLY, NULL, err);
   if (rc != CLIENT_OK)
     goto out;
+  /* libcurl would send user info in a URL as an Authorization header, and
+   * storage hosts get none. Presigned URLs carry their signature in the
+   * query instead. */
+  if (url_has_user_info(record.download_url)) {
+    rc = err_set(err, CLIENT_ERR_REPLY, err->status, "%s contains user info, "
+                 "which asanafs does not send to a storage host", what);
+    goto out;
+  }
   *url = record.download_url;
   record.download_url = NULL;
 out:

@@ -135,6 +135,11 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
   filler(buf, ".", &st, 0, 0);
   filler(buf, "..", NULL, 0, 0);
   rc = node_list_children(context(), &node, fill_child, &state);
+  /* glibc's readdir() takes ENOENT from getdents as the end of the folder,
+   * so a listing that failed with it, such as a 404 from Asana, would look
+   * like an empty folder to ls and rsync. */
+  if (rc == -ENOENT)
+    rc = -EIO;
   return rc < 0 ? rc : 0;
 }
 

@@ -295,14 +295,28 @@ out:
   json_decref(root);
 }
 
+/* Returns whether one of the first COUNT items of LIST has GID. */
+static bool listed_before(const struct known_workspace *list, size_t count,
+                          const char *gid)
+{
+  for (size_t i = 0; i < count; i++) {
+    if (strcmp(list[i].gid, gid) == 0)
+      return true;
+  }
+  return false;
+}
+
 /* Builds the new list from a fetch, keeping the mtime of unchanged
- * entries. Returns whether anything changed. Caller holds lock. */
+ * entries. A gid seen twice, as when the list changes between two pages,
+ * is kept once, so that no folder name appears twice. Returns whether
+ * anything changed. Caller holds lock. */
 static bool apply_workspaces(struct registry *r,
                              struct client_workspace_list *list,
                              struct known_workspace *fresh, size_t *count)
 {
   time_t now = time(NULL);
-  bool changed = list->count != r->workspace_count;
+  bool changed = false;
+  size_t duplicates = 0;
 
   *count = 0;
   for (size_t i = 0; i < list->count; i++) {
@@ -311,6 +325,12 @@ static bool apply_workspaces(struct registry *r,
 
     if (workspace_from_record(list->items[i].record, now, item) < 0)
       continue;
+    if (listed_before(fresh, *count, item->gid)) {
+      free(item->json);
+      memset(item, 0, sizeof(*item));
+      duplicates++;
+      continue;
+    }
     old = find_workspace(r, item->gid);
     if (old && old->json_len == item->json_len &&
         memcmp(old->json, item->json, item->json_len) == 0)
@@ -319,7 +339,10 @@ static bool apply_workspaces(struct registry *r,
       changed = true;
     (*count)++;
   }
-  return changed;
+  if (duplicates > 0)
+    log_warn("the workspace list contained %zu duplicate entries; each gid "
+             "is listed once", duplicates);
+  return changed || *count != r->workspace_count;
 }
 
 static int fetch_workspaces(struct registry *r)

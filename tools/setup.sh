@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 # attr brings getfattr for the extended attribute tests, man-db and
 # groff-base render the man page, systemd brings systemd-analyze for the
 # unit files in contrib/, and util-linux brings mount -T and unshare for
-# the fstab test.
+# the fstab test. valgrind checks the bad server replies for leaks.
 packages="gcc meson ninja-build pkg-config libfuse3-dev fuse3
   libcurl4-openssl-dev libjansson-dev zlib1g-dev python3 rsync gzip
   attr
-  man-db groff-base systemd util-linux"
+  man-db groff-base systemd util-linux
+  valgrind"
 missing=""
 for package in $packages; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||

@@ -229,7 +229,9 @@ def main():
     """Runs the tests of the calling module and prints the summary line."""
     program = unittest.main(exit=False, verbosity=2)
     result = program.result
-    failed = len(result.failures) + len(result.errors)
+    # A test with several failed subTests is one failed test case.
+    failed = len({getattr(test, "test_case", test).id()
+                  for test, _ in result.failures + result.errors})
     passed = result.testsRun - failed - len(result.skipped)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed or result.testsRun == 0 else 0)

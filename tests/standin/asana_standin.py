@@ -159,6 +159,8 @@ FAULT_KINDS = {
     "truncate": "bytes",
     "throttle": "bytes_per_second",
     "fail_exports": None,
+    "redirect": "location",
+    "storage_reply": "status",
 }
 # Settings that stay until changed or until DELETE /_standin/faults.
 SETTING_KINDS = ("export_seconds", "url_ttl", "offset_ttl")
@@ -222,13 +224,20 @@ def validate_fault_entry(kind, entry):
     if isinstance(count, bool) or not isinstance(count, int) or (count < 1 and count != -1):
         raise AdminError("fault %s: count must be a positive integer or -1 (until cleared), "
                          "got %r" % (kind, count))
-    if kind == "api_status":
+    if kind in ("api_status", "storage_reply"):
         status = entry.get("status")
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise AdminError("fault api_status: status must be an HTTP status 100-599, got %r"
-                             % (status,))
+            raise AdminError("fault %s: status must be an HTTP status 100-599, got %r"
+                             % (kind, status))
         if "retry_after" in entry:
             require_number("retry_after")
+        if "repeat" in entry:
+            require_number("repeat", 1)
+        if "content_length" in entry:
+            require_number("content_length")
+        if "location" in entry and not isinstance(entry["location"], str):
+            raise AdminError("fault api_status: location must be a URL string, got %r"
+                             % (entry["location"],))
     elif kind == "api_delay":
         require_number("seconds")
     elif kind == "drop":
@@ -242,6 +251,11 @@ def validate_fault_entry(kind, entry):
             require_number("after_bytes")
     elif kind == "expire_after_bytes":
         require_number("bytes")
+    elif kind == "redirect":
+        location = entry.get("location")
+        if not isinstance(location, str) or not re.match(r"^https?://[^/?#]+$", location):
+            raise AdminError("fault redirect: location must be an origin such as "
+                             "http://127.0.0.3:8080, got %r" % (location,))
     elif kind == "throttle":
         require_number("bytes_per_second", 1)
     elif kind == "truncate" and "bytes" in entry:
@@ -549,10 +563,16 @@ class BaseHandler(http.server.BaseHTTPRequestHandler):
             raise RequestError(413, "Request body of %d bytes is too large" % length)
         return self.rfile.read(length) if length > 0 else b""
 
-    def send_bytes(self, status, body, content_type, headers=None):
+    def send_bytes(self, status, body, content_type, headers=None, content_length=None):
+        """Send BODY; CONTENT_LENGTH, when set, replaces its true length in the
+        header (a fault), and the connection closes after the body."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if content_length is None:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Content-Length", str(content_length))
+            self.close_connection = True
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if self.close_connection:
@@ -626,8 +646,9 @@ class ApiHandler(BaseHandler):
         headers = dict(error.headers)
         raw_body = headers.pop("_body", None)
         content_type = headers.pop("_content_type", "application/json; charset=UTF-8")
+        content_length = headers.pop("_content_length", None)
         if raw_body is not None:
-            self.send_bytes(error.status, raw_body.encode(), content_type, headers)
+            self.send_bytes(error.status, raw_body, content_type, headers, content_length)
         else:
             self.send_json(error.status,
                            asana_error_body(error.status, error.message, error.phrase),
@@ -645,9 +666,14 @@ class ApiHandler(BaseHandler):
         retry_after = fault.get("retry_after", 1 if status == 429 else None)
         if retry_after is not None:
             headers["Retry-After"] = "%g" % retry_after
+        if "location" in fault:
+            headers["Location"] = fault["location"]
         if "body" in fault:
-            headers["_body"] = str(fault["body"])
+            # repeat makes bodies larger than an admin request may be.
+            headers["_body"] = str(fault["body"]).encode() * int(fault.get("repeat", 1))
             headers["_content_type"] = fault.get("content_type", "text/html")
+            if "content_length" in fault:
+                headers["_content_length"] = int(fault["content_length"])
         message = fault.get("message", STATUS_MESSAGES.get(status, "Error %d" % status))
         raise RequestError(status, message, headers)
 
@@ -1014,7 +1040,12 @@ class DownloadHandler(BaseHandler):
         try:
             self.read_body()
             export = self.authorize(path, split.query)
-            self.serve_archive(export, path, split.query)
+            if self.command == "GET" and self.redirect_elsewhere():
+                pass
+            elif self.command == "GET" and self.send_storage_fault():
+                pass
+            else:
+                self.serve_archive(export, path, split.query)
         except DownloadError as error:
             self.send_s3_error(error)
         except RequestError as error:
@@ -1053,7 +1084,31 @@ class DownloadHandler(BaseHandler):
         if export is None:
             raise DownloadError(404, "NoSuchKey", "The specified key does not exist.")
         self.url_signature = signature
+        # Tests search logs and files for the signatures handed out.
+        self.entry["signature"] = signature
         return export
+
+    def redirect_elsewhere(self):
+        """Send 307 to the same path and query on the origin of a redirect
+        fault, as storage that moved an object does. Returns whether it did."""
+        fault = self.state.take_fault("redirect")
+        if fault is None:
+            return False
+        self.entry["redirected_to"] = fault["location"]
+        self.send_bytes(307, b"", "application/xml",
+                        {"Location": fault["location"] + self.path})
+        return True
+
+    def send_storage_fault(self):
+        """Send the raw reply of a storage_reply fault in place of the archive,
+        such as an HTML page from a proxy. Returns whether it did."""
+        fault = self.state.take_fault("storage_reply")
+        if fault is None:
+            return False
+        body = str(fault.get("body", "")).encode() * int(fault.get("repeat", 1))
+        self.send_bytes(fault["status"], body, fault.get("content_type", "text/html"),
+                        None, fault.get("content_length"))
+        return True
 
     def serve_archive(self, export, path, query):
         state = self.state

@@ -235,6 +235,28 @@ class ApiTests(StandinTestCase):
         self.assertEqual(status, 500)
         self.assertIn("phrase", body["errors"][0])
 
+    def test_raw_body_fault_options(self):
+        self.standin.fault(api_status={"status": 200, "body": "ab", "repeat": 3,
+                                       "content_type": "text/plain"})
+        status, headers, body = fetch(self.api + "/users/me", headers=AUTH)
+        self.assertEqual((status, body), (200, b"ababab"))
+        self.assertEqual(headers["Content-Type"], "text/plain")
+
+        self.standin.fault(api_status={"status": 302, "location": "http://127.0.0.9/x"})
+        connection = http.client.HTTPConnection(urllib.parse.urlsplit(self.api).netloc,
+                                                timeout=30)
+        connection.request("GET", "/api/1.0/users/me", headers=AUTH)
+        response = connection.getresponse()
+        self.assertEqual(response.status, 302)
+        self.assertEqual(response.getheader("Location"), "http://127.0.0.9/x")
+        response.read()
+        connection.close()
+
+        self.standin.fault(api_status={"status": 200, "body": "{}",
+                                       "content_length": 50})
+        with self.assertRaises(http.client.IncompleteRead):
+            fetch(self.api + "/users/me", headers=AUTH)
+
     def test_delay_fault(self):
         self.standin.fault(api_delay={"seconds": 0.5})
         began = time.monotonic()
@@ -335,6 +357,23 @@ class DownloadTests(StandinTestCase):
         status, _, body = fetch(url)
         self.assertEqual(status, 200)
         self.assertEqual(body, self.archive_bytes)
+
+    def test_redirect_fault_keeps_query(self):
+        url = self.finished_export_url()
+        self.standin.fault(redirect={"location": "http://127.0.0.9:1"})
+        split = urllib.parse.urlsplit(url)
+        connection = http.client.HTTPConnection(split.netloc, timeout=30)
+        connection.request("GET", split.path + "?" + split.query)
+        response = connection.getresponse()
+        self.assertEqual(response.status, 307)
+        self.assertEqual(response.getheader("Location"),
+                         "http://127.0.0.9:1" + split.path + "?" + split.query)
+        response.read()
+        connection.close()
+        status, _, body = fetch(url)
+        self.assertEqual((status, body), (200, self.archive_bytes))
+        downloads = [r for r in self.standin.requests() if r["server"] == "download"]
+        self.assertEqual(downloads[-2]["redirected_to"], "http://127.0.0.9:1")
 
     def test_drop_at_offsets(self):
         url = self.finished_export_url()

@@ -876,6 +876,89 @@ static void test_zero_padding_ignored(void)
   cache_free(cache);
 }
 
+/* Builds a gzip bomb: a member of ZEROS zero bytes, then a member of a
+ * short text, so that the trailer states only the text's size. */
+static struct archive *bomb_new(const char *gid, size_t zeros)
+{
+  struct archive *a = archive_new(gid, 1000, 31, 1);
+  unsigned char *plain = calloc(1, zeros);
+  unsigned char *gz = NULL;
+  size_t gz_len = 0;
+
+  gzip_append(plain, zeros, &gz, &gz_len);
+  gz = realloc(gz, gz_len + a->gz_len);
+  memcpy(gz + gz_len, a->gz, a->gz_len);
+  free(a->gz);
+  a->gz = gz;
+  a->gz_len = gz_len + a->gz_len;
+  free(plain);
+  return a;
+}
+
+/* Returns the bytes of regular files under the test folder. */
+static uint64_t disk_bytes(void)
+{
+  char command[128];
+  unsigned long long total = 0;
+  FILE *p;
+
+  snprintf(command, sizeof(command), "du -sb --apparent-size %s", test_dir);
+  p = popen(command, "r");
+  if (p) {
+    if (fscanf(p, "%llu", &total) != 1)
+      total = 0;
+    pclose(p);
+  }
+  return total;
+}
+
+static void test_bomb_stopped(void)
+{
+  struct archive *a = bomb_new("1031", 64 * 1024 * 1024);
+  struct cache *cache;
+  struct cache_status status;
+  uint64_t json_size = 0, gz_size = 0;
+
+  fake_add(a);
+  cache = open_cache(0);
+  CHECK(cache_stat(cache, a->gid, &json_size, &gz_size) == 0);
+  CHECK(json_size == 1000);
+  CHECK(gz_size * 256 < 64 * 1024 * 1024);
+  CHECK(read_archive(cache, a, 0) == -EFBIG);
+  cache_get_status(cache, a->gid, &status);
+  CHECK(!status.complete);
+  CHECK(cache_used_bytes(cache) == 0);
+  check_only_meta_left(a->gid);
+  CHECK(disk_bytes() < 1024 * 1024);
+  cache_free(cache);
+}
+
+static void test_inflate_capped_by_cache_size(void)
+{
+  struct archive *many = archive_new("1032", JSON_SIZE, 32, 8);
+  struct archive *one = archive_new("1033", JSON_SIZE, 33, 1);
+  struct cache *cache;
+
+  /* Eight members: the trailer states an eighth of the size, and the
+   * whole does not fit in a limit of twice the archive. */
+  fake_add(many);
+  fake_add(one);
+  cache = open_cache(2 * many->gz_len);
+  CHECK(many->json_len > 2 * many->gz_len);
+  CHECK(read_archive(cache, many, 0) == -EFBIG);
+  check_only_meta_left(many->gid);
+
+  /* An archive whose trailer states its size honestly is kept even when it
+   * alone is over the limit. */
+  CHECK(read_archive(cache, one, 0) == 0);
+  cache_free(cache);
+
+  /* Without a limit, the same archive of several members reads in full. */
+  cache = open_cache(0);
+  CHECK(read_archive(cache, many, 0) == 0);
+  cache_free(cache);
+}
+
 static void test_crash_leftovers_removed(void)
 {
   struct archive *a = archive_new("1015", JSON_SIZE, 15, 1);
@@ -1161,6 +1244,8 @@ static const struct test_case tests[] = {
   { "source failure retried", test_source_failure_retried },
   { "multi-member archive", test_multi_member_archive },
   { "zero padding ignored", test_zero_padding_ignored },
+  { "bomb stopped", test_bomb_stopped },
+  { "inflate capped by cache size", test_inflate_capped_by_cache_size },
   { "crash leftovers removed", test_crash_leftovers_removed },
   { "eviction lru skips open", test_eviction_lru_skips_open },
   { "drop removes files", test_drop_removes_files },

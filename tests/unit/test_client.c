@@ -2045,6 +2045,41 @@ static void test_plain_http_download_rejected(void)
   server_stop(&api);
 }
 
+#define EXPORT_USER_INFO                                                     \
+  "{\"data\":{\"gid\":\"1200\",\"state\":\"finished\","                      \
+  "\"download_url\":\"http://user:PASSWORD9@127.0.0.1:1/x?sig=SECRET8\"}}"
+
+static void test_download_url_user_info_rejected(void)
+{
+  static const struct canned script[] = { { 200, NULL, EXPORT_USER_INFO } };
+  struct server api = { .script = script, .script_len = 1 };
+  struct client_error err = {0};
+  struct client_config config;
+  struct sink_buffer sink = {0};
+  struct client *c;
+  unsigned char trailer[8];
+  uint64_t size = 0;
+  char url[96];
+  enum client_result rc;
+
+  if (!server_start(&api, "127.0.0.1"))
+    { CHECK(false); return; }
+  config = test_config(&api, url, sizeof(url));
+  c = new_client(&config);
+  rc = client_archive_tail(c, "1200", &size, trailer, &err);
+  CHECK_RESULT(rc, CLIENT_ERR_REPLY, err);
+  CHECK(strstr(err.message, "user info") != NULL);
+  CHECK(strstr(err.message, "PASSWORD9") == NULL);
+  CHECK(strstr(err.message, "SECRET8") == NULL);
+
+  rc = client_download_archive(c, "1200", 0, sink_append, &sink, &err);
+  CHECK_RESULT(rc, CLIENT_ERR_REPLY, err);
+  CHECK(strstr(err.message, "user info") != NULL);
+  CHECK(sink.calls == 0);
+  client_free(c);
+  server_stop(&api);
+}
+
 /* A storage host's reply that reports an archive size above INT64_MAX / 2. */
 struct huge_case {
   bool download;        /* client_download_archive, else client_archive_tail */
@@ -2376,6 +2411,7 @@ static const struct test_case tests[] = {
   { "tail of trickled 200 times out", test_tail_trickle_times_out },
   { "plain http skips env proxy", test_plain_http_skips_proxy },
   { "plain http download URL rejected", test_plain_http_download_rejected },
+  { "download URL user info rejected", test_download_url_user_info_rejected },
   { "archive size too large", test_archive_size_too_large },
   { "download whole archive", test_download_whole },
   { "download resumes after drop", test_download_resumes_after_drop },

@@ -23,6 +23,16 @@
 
 /* ---- The cache's source: archives through the client ---- */
 
+/* Returns the errno for a failed probe or download. ENOENT becomes EIO,
+ * because export.json is listed: a file that vanished would make rsync
+ * --delete remove the copy in a backup, while EIO makes it skip deletion. */
+static int source_errno(const struct client_error *err)
+{
+  int rc = client_error_errno(err);
+
+  return rc == ENOENT ? -EIO : -rc;
+}
+
 static int source_probe(void *ctx, const char *gid, uint64_t *archive_size,
                         unsigned char trailer[8])
 {
@@ -31,7 +41,7 @@ static int source_probe(void *ctx, const char *gid, uint64_t *archive_size,
   if (client_archive_tail(ctx, gid, archive_size, trailer, &err) !=
       CLIENT_OK) {
     log_error("reading the size of export %s failed: %s", gid, err.message);
-    return -client_error_errno(&err);
+    return source_errno(&err);
   }
   return 0;
 }
@@ -45,7 +55,7 @@ static int source_fetch(void *ctx, const char *gid, uint64_t offset,
       CLIENT_OK) {
     if (err.result != CLIENT_ERR_CANCELLED)
       log_error("downloading export %s failed: %s", gid, err.message);
-    return -client_error_errno(&err);
+    return source_errno(&err);
   }
   return 0;
 }

@@ -85,7 +85,9 @@ bool gid_valid(const char *s)
 {
   size_t n = 0;
 
-  if (!s)
+  /* A leading zero would name an export a second time, as another folder
+   * of the same number. */
+  if (!s || s[0] == '0')
     return false;
   for (; s[n]; n++) {
     if (s[n] < '0' || s[n] > '9' || n >= CLIENT_GID_MAX - 1)

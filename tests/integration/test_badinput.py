@@ -566,6 +566,10 @@ class BadRepliesTest(ArchiveTestCase):
             ("HTML error page", {"status": 502, "body": HTML_PAGE}),
             ("XML error", {"status": 500, "body": xml,
                            "content_type": "application/xml"}),
+            # A listed file must not vanish: ENOENT would make rsync
+            # --delete remove the backup's copy.
+            ("404 Not Found", {"status": 404, "body": xml,
+                               "content_type": "application/xml"}),
             ("Content-Length too short", {"status": 200, "body": HTML_PAGE,
                                           "content_length": 5}),
             ("Content-Length too long", {"status": 200, "body": HTML_PAGE,
@@ -592,7 +596,7 @@ class BadRepliesTest(ArchiveTestCase):
                 self.assertEqual(sha256_file(path), self.sha, case)
                 passed += 1
         record_trials("bad input", "storage host replies (HTML, XML error, "
-                      "wrong Content-Length)", len(cases), len(cases) - passed,
+                      "404, wrong Content-Length)", len(cases), len(cases) - passed,
                       "EIO, logged, not cached, next read works")
 
     def test_bad_archives(self):

@@ -1,7 +1,7 @@
 /*
  * Unit tests of the pure parts of the fs module: option values, the
- * command line's positional words and ignored options, and the link names
- * of names/.
+ * command line's positional words and ignored options, the link names of
+ * names/, and the check of gids.
  */
 #include "internal.h"
 #include "log.h"
@@ -228,6 +228,21 @@ static void test_names_long(void)
   }
 }
 
+/* ---- Gids ---- */
+
+static void test_gid_valid(void)
+{
+  CHECK(gid_valid("1331"));
+  CHECK(gid_valid("1205000000000001"));
+  CHECK(!gid_valid(""));
+  CHECK(!gid_valid("0"));
+  CHECK(!gid_valid("01331"));
+  CHECK(!gid_valid("13a1"));
+  CHECK(!gid_valid("-1331"));
+  CHECK(!gid_valid("1331 "));
+  CHECK(!gid_valid("1234567890123456789012345678901234567890123456789012345678901234"));
+}
+
 struct test_case {
   const char *name;
   void (*run)(void);
@@ -240,6 +255,7 @@ static const struct test_case tests[] = {
   { "names sanitized", test_names_sanitized },
   { "names collisions", test_names_collisions },
   { "names long", test_names_long },
+  { "gid valid", test_gid_valid },
 };
 
 int main(void)

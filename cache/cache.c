@@ -1657,15 +1657,24 @@ static void download_end(struct download *d, int ret)
   struct cache *cache = d->cache;
   struct entry *e = d->entry;
   struct data_files *entry_files = NULL, *own_files;
+  bool forget_sizes;
 
+  /* The probe may have seen an archive that was cut off or replaced, and
+   * its sizes would fail every later download. After a failure that the
+   * data or the source could cause, the next read probes again. */
+  forget_sizes = !d->stopped && ret == -EIO;
   if (ret < 0) {
     remove_part_files(cache, d->gid);
     remove_final_files(cache, d->gid);
   }
+  if (forget_sizes)
+    remove_file(cache, d->gid, "meta");
   log_download_end(d, ret);
 
   pthread_mutex_lock(&cache->lock);
   e->complete = ret == 0;
+  if (forget_sizes)
+    e->known = false;
   if (ret == 0) {
     e->json_size = d->json_written;
     e->complete_download = e->downloads_started;
@@ -1887,6 +1896,12 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
       if (e->download_error < 0)
         return e->download_error;
       download = 0;             /* completed, then evicted: download again */
+    }
+    if (!e->known && !e->downloading) {
+      ret = entry_make_known(cache, e);
+      if (ret < 0)
+        return ret;
+      continue;
     }
     if (!e->downloading && !e->busy) {
       ret = start_download(cache, e, &download);

@@ -87,7 +87,9 @@ struct cache;
 struct cache_file;
 
 /* Opens the cache folder, removes partial entries, and loads the entries'
- * sizes and use order. On failure writes a one-line reason to ERR. */
+ * sizes and use order. On failure writes a one-line reason to ERR and
+ * returns a negative errno, which is -EBUSY when another mount has locked
+ * the folder. */
 int cache_new(const struct cache_config *config,
               const struct cache_source *source, struct cache **out,
               char *err, size_t err_len);

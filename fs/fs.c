@@ -102,9 +102,16 @@ static int make_cache(struct fs_context *ctx)
     .interrupted = request_cancelled,
   };
   char err[512] = "";
+  int rc;
 
   source.ctx = ctx->client;
-  if (cache_new(&config, &source, &ctx->cache, err, sizeof(err)) < 0 ||
+  rc = cache_new(&config, &source, &ctx->cache, err, sizeof(err));
+  if (rc == -EBUSY) {
+    fprintf(stderr, "asanafs: %s; unmount that mount first (see "
+                    "/proc/mounts), or pass another -o cache_dir=DIR\n", err);
+    return FS_EXIT_CACHE;
+  }
+  if (rc < 0 ||
       registry_new(ctx->config->cache_dir, ctx->client, ctx->config->state_ttl,
                    &ctx->registry, err, sizeof(err)) < 0) {
     fprintf(stderr, "asanafs: %s; make it a folder that you own and can "
@@ -313,6 +320,17 @@ static int check_empty_folder(const char *path)
   return 0;
 }
 
+/* Tells whether the folder PATH, whose stat is ST, is the root of a mount:
+ * its parent is on another device. */
+static bool is_mounted(const char *path, const struct stat *st)
+{
+  char parent[PATH_MAX + 4];
+  struct stat up;
+
+  snprintf(parent, sizeof(parent), "%s/..", path);
+  return stat(parent, &up) == 0 && up.st_dev != st->st_dev;
+}
+
 /* Checks the mount point and sets OPTS->mountpoint to its absolute path.
  * libfuse would mount over a file or a folder with files, and a missing one
  * would fail only after the checks that need the network. */
@@ -346,6 +364,12 @@ static int check_mount_point(const struct fs_config *config,
                     "folder with mkdir and mount there\n", path);
     return FS_EXIT_MOUNT_POINT;
   }
+  if (!config->nonempty && is_mounted(resolved, &st)) {
+    fprintf(stderr, "asanafs: %s is already a mount point; unmount it first "
+                    "with fusermount3 -u %s, or mount somewhere else\n",
+            path, path);
+    return FS_EXIT_MOUNT_POINT;
+  }
   if (!config->nonempty && check_empty_folder(resolved))
     return FS_EXIT_MOUNT_POINT;
   opts->mountpoint = strdup(resolved);
@@ -370,12 +394,22 @@ static int check_token(struct fs_context *ctx, int log_level)
     return 0;
   }
   if (result == CLIENT_ERR_HTTP && (err.status == 401 || err.status == 403)) {
-    fprintf(stderr, "asanafs: Asana rejected the token: %s; create a new "
-                    "token in Asana's developer console and pass it in "
-                    "ASANA_ACCESS_TOKEN or -o token_file\n", err.message);
+    if (ctx->config->token_file)
+      fprintf(stderr, "asanafs: Asana rejected the token: %s; create a new "
+                      "token in Asana's developer console and put it in %s\n",
+              err.message, ctx->config->token_file);
+    else
+      fprintf(stderr, "asanafs: Asana rejected the token: %s; create a new "
+                      "token in Asana's developer console and pass it in "
+                      "ASANA_ACCESS_TOKEN or -o token_file\n", err.message);
     return FS_EXIT_TOKEN;
   }
   log_redact_url(ctx->config->api_url, api, sizeof(api));
+  if (result == CLIENT_ERR_HTTP && err.status == 404) {
+    fprintf(stderr, "asanafs: checking the token at %s failed: %s; check "
+                    "that api_url ends in /api/1.0\n", api, err.message);
+    return FS_EXIT_API;
+  }
   fprintf(stderr, "asanafs: checking the token at %s failed: %s; check the "
                   "network and api_url, or raise -o timeout (now %u s)\n",
           api, err.message, ctx->config->timeout);

@@ -171,8 +171,25 @@ static int keep_option(void *data, const char *arg, int key,
   return 0;
 }
 
+/* Rejects NAME= with no value, which would otherwise mean the working
+ * folder or a file named "". */
+static int check_path_option(const char *name, const char *value,
+                             const char *expected)
+{
+  if (value && !*value) {
+    fprintf(stderr, "asanafs: invalid %s=: expected %s\n", name, expected);
+    return FS_EXIT_USAGE;
+  }
+  return 0;
+}
+
 static int check_values(struct fs_config *config)
 {
+  if (check_path_option("cache_dir", config->cache_dir, "the path of a "
+                        "folder, or no cache_dir option for the default") ||
+      check_path_option("token_file", config->token_file, "the path of a "
+                        "file that holds the token"))
+    return FS_EXIT_USAGE;
   if (config->cache_size_text &&
       options_parse_size(config->cache_size_text, &config->cache_size) < 0) {
     fprintf(stderr, "asanafs: invalid cache_size=%s: expected a number of "

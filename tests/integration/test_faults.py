@@ -5,7 +5,7 @@ import errno
 import os
 
 from harness import (ORG, ArchiveTestCase, main, read_text, run,
-                     sha256_file)
+                     sha256_file, wait_for)
 
 
 class FaultTest(ArchiveTestCase):
@@ -155,6 +155,29 @@ class FaultTest(ArchiveTestCase):
             self.assertIn("Input/output error", result.stderr)
         self.assertFalse(os.path.exists(os.path.join(
             mount.cache_dir, "data", gid, "export.json")))
+
+    def test_cut_archive_at_probe_recovers(self):
+        mount = self.mount()
+        gid = self.create_export(mount)
+        self.wait_state(mount, ORG, gid, "finished")
+        folder = mount.p("orgs", ORG, "exports", gid)
+        path = os.path.join(folder, "export.json")
+        # The size probe and the download both see an archive cut short.
+        self.standin.fault(truncate={"bytes": 100000, "count": -1})
+        self.assertEqual(os.stat(os.path.join(folder, "export.json.gz")).st_size,
+                         100000)
+        result = run(["cat", path], check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("Input/output error", result.stderr)
+        self.standin.clear_faults()
+        # The next read probes again instead of trusting the cut sizes.
+        self.assertEqual(sha256_file(path), self.sha)
+        # The kernel keeps attributes for up to a second.
+        gz_size = os.path.getsize(self.archive)
+        wait_for(lambda: os.stat(path).st_size == self.size, 5,
+                 what="the size of export.json")
+        wait_for(lambda: os.stat(os.path.join(folder, "export.json.gz")).st_size
+                 == gz_size, 5, what="the size of export.json.gz")
 
     def test_api_down_keeps_mount(self):
         mount = self.mount(options=["timeout=3", "state_ttl=0"])

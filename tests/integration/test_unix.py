@@ -105,6 +105,22 @@ class StartupTest(ArchiveTestCase):
         full.stop()
         self.assertEqual(os.listdir(full.path), ["kept"])
 
+    def test_live_mount_point_exits_2(self):
+        live = self.mount(name="live")
+        second = self.mount(start=False, name="live")
+        env = dict(os.environ, ASANA_ACCESS_TOKEN=TOKEN)
+        result = subprocess.run(second.command(), capture_output=True,
+                                text=True, timeout=120, env=env,
+                                stdin=subprocess.DEVNULL)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn("is already a mount point; unmount it first with "
+                      "fusermount3 -u", result.stderr)
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        self.assertEqual(points.count(live.path), 1)
+        self.assertIn("orgs", os.listdir(live.path))
+
     def test_token_errors_exit_3(self):
         mount = self.prepared(token=None)
         self.start_fails(mount, 3, r"no Asana access token.*ASANA_ACCESS_TOKEN"

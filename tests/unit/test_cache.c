@@ -444,6 +444,18 @@ static void check_only_meta_left(const char *gid)
   CHECK(!path_exists(gid, "meta.tmp"));
 }
 
+/* Checks that a download failed by its data left no files, not even meta,
+ * so that the next read probes the sizes again. */
+static void check_nothing_left(const char *gid)
+{
+  CHECK(!path_exists(gid, "meta"));
+  CHECK(!path_exists(gid, "export.json"));
+  CHECK(!path_exists(gid, "export.json.gz"));
+  CHECK(!path_exists(gid, "export.json.part"));
+  CHECK(!path_exists(gid, "export.json.gz.part"));
+  CHECK(!path_exists(gid, "meta.tmp"));
+}
+
 static int remove_path(const char *path, const struct stat *st, int flag,
                        struct FTW *ftw)
 {
@@ -757,7 +769,7 @@ static void test_corrupt_archive_retried(void)
   CHECK(!status.complete);
   CHECK(!status.downloading);
   CHECK(cache_used_bytes(cache) == 0);
-  check_only_meta_left(bad->gid);
+  check_nothing_left(bad->gid);
   CHECK(atomic_load(&fake.fetches) == 1);
 
   fake.archives[0] = good;
@@ -786,7 +798,7 @@ static void test_garbage_after_member(void)
   CHECK(read_archive(cache, a, 0) == -EIO);
   cache_get_status(cache, a->gid, &status);
   CHECK(!status.complete);
-  check_only_meta_left(a->gid);
+  check_nothing_left(a->gid);
   cache_free(cache);
 }
 
@@ -802,7 +814,7 @@ static void test_truncated_archive(void)
   CHECK(read_archive(cache, a, 0) == -EIO);
   cache_get_status(cache, a->gid, &status);
   CHECK(!status.complete);
-  check_only_meta_left(a->gid);
+  check_nothing_left(a->gid);
   cache_free(cache);
 }
 
@@ -818,7 +830,7 @@ static void test_source_failure_retried(void)
   CHECK(read_archive(cache, a, 0) == -EIO);
   cache_get_status(cache, a->gid, &status);
   CHECK(!status.complete);
-  check_only_meta_left(a->gid);
+  check_nothing_left(a->gid);
   CHECK(atomic_load(&fake.fetches) == 1);
 
   fake.fail_after = -1;

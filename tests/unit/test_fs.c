@@ -143,6 +143,22 @@ static void test_command_line_words(void)
   options_free(&config);
 }
 
+static void test_empty_paths_rejected(void)
+{
+  const char *empty_cache[] = { "asanafs", "/m", "-o", "cache_dir=" };
+  const char *empty_token[] = { "asanafs", "/m", "-o", "token_file=" };
+  struct fuse_args args;
+  struct fs_config config;
+
+  CHECK(parse(empty_cache, 4, &args, &config) == FS_EXIT_USAGE);
+  fuse_opt_free_args(&args);
+  options_free(&config);
+
+  CHECK(parse(empty_token, 4, &args, &config) == FS_EXIT_USAGE);
+  fuse_opt_free_args(&args);
+  options_free(&config);
+}
+
 /* ---- Link names ---- */
 
 /* Assigns link names to COUNT workspaces given as gid and name pairs and
@@ -252,6 +268,7 @@ static const struct test_case tests[] = {
   { "parse size", test_parse_size },
   { "parse seconds", test_parse_seconds },
   { "command line words", test_command_line_words },
+  { "empty paths rejected", test_empty_paths_rejected },
   { "names sanitized", test_names_sanitized },
   { "names collisions", test_names_collisions },
   { "names long", test_names_long },

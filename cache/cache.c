@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,6 +37,9 @@
 #define GID_MAX_LEN 31
 #define ENTRY_PATH_LEN 64           /* fits "GID/NAME" for every valid gid */
 #define GZIP_MIN_SIZE 18            /* 10-byte header and 8-byte trailer */
+/* Inflated output goes to disk in pieces of this size: large enough that
+ * write calls cost little next to inflating, small enough to stay in the
+ * processor's cache between inflate() and the copy into the page cache. */
 #define INFLATE_BUF_SIZE (256 * 1024)
 /*
  * How many times its own size an archive may inflate to past what its gzip
@@ -46,8 +50,21 @@
  * measured on real Asana archives.
  */
 #define INFLATE_RATIO_MAX 256
+/* Archive bytes are collected up to this size (the client's receive
+ * buffer) before they are written, inflated and shown to readers, so that
+ * libcurl's 16 KiB pieces do not each cost two writes and a wake-up of
+ * every waiting reader. A pause in the data hands on what was collected. */
+#define STAGE_BUF_SIZE (512 * 1024)
 #define WAIT_SLICE_NS 100000000L    /* how often waiters poll interrupted() */
 #define META_MAX_SIZE 256
+/* Deflate's largest inflate ratio: an archive of fewer than 2^32 / 1032
+ * bytes cannot inflate to 4 GiB, so its trailer's ISIZE is its size. */
+#define DEFLATE_MAX_RATIO 1032
+#define ISIZE_WRAP ((uint64_t)1 << 32)
+/* The sample of an ambiguous archive: its first MiB, of which at most
+ * SAMPLE_OUT_MAX inflated bytes are counted, so a probe stays quick. */
+#define SAMPLE_SIZE (1024 * 1024)
+#define SAMPLE_OUT_MAX (64 * 1024 * 1024)
 #define META_HEADER "asanafs-cache-meta 1\n"
 #define RATE_WINDOW_NS 2000000000LL     /* rates are measured over 2 s */
 #define RATE_STALE_NS 5000000000LL      /* no byte for 5 s: rate 0 */
@@ -79,6 +96,8 @@ struct entry {
   bool known;                 /* the sizes are set */
   bool complete;              /* final data files and meta are in place */
   bool downloading;           /* a download thread runs */
+  bool verified;              /* the running download checked the whole
+                                 archive; sizes are final, before commit */
   bool busy;                  /* one thread is changing the folder's files */
   bool dropped;               /* cache_drop() hid it from lookups */
   bool cleaned;               /* its folder was removed after the drop */
@@ -145,6 +164,8 @@ struct download {
   bool z_ready;
   enum member_state state;
   unsigned char *out;         /* INFLATE_BUF_SIZE bytes of inflated output */
+  unsigned char *stage;       /* STAGE_BUF_SIZE bytes of archive input */
+  size_t staged;              /* bytes in STAGE not yet stored */
   int error;                  /* first failure as a negative errno, or 0 */
   bool stopped;               /* the failure is cache_free() or a drop */
   char reason[192];           /* that failure in words, for the log */
@@ -1059,17 +1080,89 @@ void cache_free(struct cache *cache)
 
 /* ---- Sizes: meta or probe ---------------------------------------------- */
 
+/* Returns the inflate ratio of the first bytes of a gzip archive, or 0 when
+ * too few of them inflate to tell. */
+static double sample_ratio(const unsigned char *head, size_t len)
+{
+  z_stream z = {0};
+  unsigned char *out = malloc(INFLATE_BUF_SIZE);
+  uint64_t produced = 0;
+  int zret = Z_OK;
+
+  if (!out || inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
+    free(out);
+    return 0;
+  }
+  z.next_in = (Bytef *)head;
+  z.avail_in = (uInt)len;
+  while (zret == Z_OK && z.avail_in > 0 && produced < SAMPLE_OUT_MAX) {
+    z.next_out = out;
+    z.avail_out = INFLATE_BUF_SIZE;
+    zret = inflate(&z, Z_NO_FLUSH);
+    produced += INFLATE_BUF_SIZE - z.avail_out;
+  }
+  inflateEnd(&z);
+  free(out);
+  /* Below 64 KiB of input the ratio is dominated by the start, where
+   * deflate has no history yet. */
+  if (len - z.avail_in < 64 * 1024 || produced == 0)
+    return 0;
+  return (double)produced / (double)(len - z.avail_in);
+}
+
+/* Picks the inflated size of an archive of GZ_SIZE bytes whose trailer says
+ * ISIZE (the size modulo 2^32): ISIZE + k * 2^32 for the k nearest the
+ * size that HEAD's inflate ratio predicts, within what deflate allows. */
+static uint64_t resolve_isize(const char *gid, uint64_t isize,
+                              uint64_t gz_size, const unsigned char *head,
+                              size_t head_len)
+{
+  double ratio, k;
+  uint64_t k_max;
+
+  if (gz_size < ISIZE_WRAP / DEFLATE_MAX_RATIO)
+    return isize;
+  ratio = head_len ? sample_ratio(head, head_len) : 0;
+  if (ratio <= 0) {
+    log_warn("cache: export %s may inflate to 4 GiB or more, and its first "
+             "bytes could not tell; its size is the trailer's until its "
+             "download ends", gid);
+    return isize;
+  }
+  k = floor(((double)gz_size * ratio - (double)isize) / (double)ISIZE_WRAP +
+            0.5);
+  k_max = (gz_size * DEFLATE_MAX_RATIO - isize) / ISIZE_WRAP;
+  if (k < 0)
+    k = 0;
+  if (k > (double)k_max)
+    k = (double)k_max;
+  if (k > 0)
+    log_info("cache: export %s inflates about %.1f times, so its size is %"
+             PRIu64 " bytes, not its trailer's %" PRIu64, gid, ratio,
+             isize + (uint64_t)k * ISIZE_WRAP, isize);
+  return isize + (uint64_t)k * ISIZE_WRAP;
+}
+
 /* Asks the source for the archive's size and gzip trailer, and saves the
  * sizes in meta. A failure to save is logged, and the sizes are still used. */
 static int probe_source(struct cache *cache, const char *gid,
                         struct meta *meta)
 {
-  unsigned char trailer[8] = { 0 };
-  uint64_t size = 0;
+  struct cache_probe probe = {
+    .head_from = ISIZE_WRAP / DEFLATE_MAX_RATIO,
+    .head_cap = SAMPLE_SIZE,
+  };
+  unsigned char *trailer = probe.trailer;
+  uint64_t size, isize;
   int ret;
 
-  ret = cache->source.probe(cache->source.ctx, gid, &size, trailer);
+  probe.head = malloc(SAMPLE_SIZE);
+  if (!probe.head)
+    return -ENOMEM;
+  ret = cache->source.probe(cache->source.ctx, gid, &probe);
+  size = probe.archive_size;
   if (ret != 0) {
+    free(probe.head);
     ret = ret < 0 ? ret : -EIO;
     log_error("cache: probe of export %s failed: %s", gid, strerror(-ret));
     return ret;
@@ -1077,13 +1170,17 @@ static int probe_source(struct cache *cache, const char *gid,
   if (size < GZIP_MIN_SIZE) {
     log_error("cache: export %s is %" PRIu64 " bytes, too small for a gzip "
               "archive", gid, size);
+    free(probe.head);
     return -EIO;
   }
   meta->gz_size = size;
   /* NOTE: an archive with zero padding after its last member ends in zeros,
    * so its json size probes as 0 until a download of the archive ends. */
-  meta->json_size = (uint64_t)trailer[4] | (uint64_t)trailer[5] << 8 |
-                    (uint64_t)trailer[6] << 16 | (uint64_t)trailer[7] << 24;
+  isize = (uint64_t)trailer[4] | (uint64_t)trailer[5] << 8 |
+          (uint64_t)trailer[6] << 16 | (uint64_t)trailer[7] << 24;
+  meta->json_size = resolve_isize(gid, isize, size, probe.head,
+                                  probe.head_len);
+  free(probe.head);
   meta->complete = false;
 
   ret = make_entry_folder(cache, gid);
@@ -1529,29 +1626,71 @@ static int publish_progress(struct download *d)
   return 0;
 }
 
-/* The cache_sink_fn of downloads: stores, inflates and publishes a chunk. */
-static int download_sink(void *sink_ctx, const void *buf, size_t len)
+/* Stores, inflates and publishes the staged archive bytes. */
+static int flush_stage(struct download *d)
 {
-  struct download *d = sink_ctx;
+  size_t len = d->staged;
   int ret;
 
   if (d->error < 0)
-    return 1;
-  if (len > d->gz_size - d->gz_written) {
-    download_fail(d, -EIO, "the archive is longer than the %" PRIu64 " bytes "
-                  "its probe reported", d->gz_size);
-    return 1;
-  }
-  ret = write_full(d->files->fd[CACHE_GZ], buf, len, d->gz_written);
-  if (ret < 0) {
-    download_fail(d, ret, "writing %s failed: %s", part_names[CACHE_GZ],
-                  strerror(-ret));
-    return 1;
-  }
+    return d->error;
+  if (len == 0)
+    return 0;
+  d->staged = 0;
+  if (len > d->gz_size - d->gz_written)
+    return download_fail(d, -EIO, "the archive is longer than the %" PRIu64
+                         " bytes its probe reported", d->gz_size);
+  ret = write_full(d->files->fd[CACHE_GZ], d->stage, len, d->gz_written);
+  if (ret < 0)
+    return download_fail(d, ret, "writing %s failed: %s",
+                         part_names[CACHE_GZ], strerror(-ret));
   d->gz_written += len;
-  if (inflate_input(d, buf, len) < 0)
+  ret = inflate_input(d, d->stage, len);
+  if (ret < 0)
+    return ret;
+  return publish_progress(d);
+}
+
+/* The cache_sink_fn of downloads: collects a chunk, and works on what was
+ * collected once the stage is full or the data pauses. */
+static int download_sink(void *sink_ctx, const void *buf, size_t len)
+{
+  struct download *d = sink_ctx;
+  const unsigned char *in = buf;
+  size_t n;
+
+  if (d->error < 0)
     return 1;
-  return publish_progress(d) < 0 ? 1 : 0;
+  if (len == 0)
+    return flush_stage(d) < 0 ? 1 : 0;
+  while (len > 0) {
+    n = STAGE_BUF_SIZE - d->staged;
+    n = n < len ? n : len;
+    memcpy(d->stage + d->staged, in, n);
+    d->staged += n;
+    in += n;
+    len -= n;
+    if (d->staged == STAGE_BUF_SIZE && flush_stage(d) < 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* Shows readers the whole verified data and its final sizes, before the
+ * files are made durable: fsync of a large export takes a while, and a
+ * reader needs only the bytes, which are already in the page cache. */
+static void publish_verified(struct download *d)
+{
+  struct cache *cache = d->cache;
+  struct entry *e = d->entry;
+
+  pthread_mutex_lock(&cache->lock);
+  e->json_size = d->json_written;
+  e->gz_ready = d->gz_written;
+  e->json_ready = d->json_written;
+  e->verified = true;
+  pthread_cond_broadcast(&e->cond);
+  pthread_mutex_unlock(&cache->lock);
 }
 
 /* Checks that the whole archive arrived and ended where gzip ends. */
@@ -1617,6 +1756,8 @@ static int download_run(struct download *d)
            PRIu64 " bytes inflated", d->gid, d->gz_size, d->json_size);
   d->started_ns = d->window_ns = d->logged_ns = monotonic_ns();
   ret = cache->source.fetch(cache->source.ctx, d->gid, 0, download_sink, d);
+  if (ret == 0)
+    flush_stage(d);
   if (d->error < 0)
     return d->error;
   if (ret != 0) {
@@ -1626,6 +1767,7 @@ static int download_run(struct download *d)
   ret = check_archive_end(d);
   if (ret < 0)
     return ret;
+  publish_verified(d);
   return commit_files(d);
 }
 
@@ -1675,6 +1817,7 @@ static void download_end(struct download *d, int ret)
   e->complete = ret == 0;
   if (forget_sizes)
     e->known = false;
+  e->verified = false;
   if (ret == 0) {
     e->json_size = d->json_written;
     e->complete_download = e->downloads_started;
@@ -1708,6 +1851,7 @@ static void download_free(struct download *d)
   if (d->z_ready)
     inflateEnd(&d->z);
   free(d->out);
+  free(d->stage);
   free(d);
 }
 
@@ -1727,7 +1871,10 @@ static struct download *download_new(struct cache *cache, struct entry *e)
   if (!d)
     return NULL;
   d->out = malloc(INFLATE_BUF_SIZE);
-  if (!d->out) {
+  d->stage = malloc(STAGE_BUF_SIZE);
+  if (!d->out || !d->stage) {
+    free(d->out);
+    free(d->stage);
     free(d);
     return NULL;
   }
@@ -1868,7 +2015,7 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
     /* Until a download ends, the inflated size from the gzip trailer is
      * only a lower bound (several members, or over 4 GiB), so a read at or
      * past it waits for the end instead of returning end of file. */
-    if (off >= file_size && (e->complete || kind == CACHE_GZ))
+    if (off >= file_size && (e->complete || e->verified || kind == CACHE_GZ))
       return 0;
     end = off < file_size && size < file_size - off ? off + size : file_size;
     ready = kind == CACHE_GZ ? e->gz_ready : e->json_ready;

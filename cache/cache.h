@@ -12,13 +12,20 @@
  * entry is downloaded again.
  *
  * Sizes: the size of export.json.gz is the archive size, and the size of
- * export.json is the gzip trailer's ISIZE field. Both come from one small
- * Range request for the archive's tail (source->probe), before any download,
- * and are kept in meta, which eviction keeps, so a size never changes.
- * NOTE: ISIZE is the size modulo 2^32 of the last gzip member only; for an
- * archive of several members or over 4 GiB inflated, the size is corrected
- * once the download ends, and a warning is logged. Until then a read at or
- * past the trailer's size waits for the download to end.
+ * export.json comes from the gzip trailer's ISIZE field, the inflated size
+ * modulo 2^32. Both come from one small Range request for the archive's
+ * tail (source->probe), before any download, and are kept in meta, which
+ * eviction keeps, so a size never changes. An archive large enough to
+ * inflate to 4 GiB or more (deflate inflates at most 1032 times) is
+ * ambiguous: the probe then also fetches its first MiB, whose inflate ratio
+ * estimates the whole size, and the size is ISIZE + k * 2^32 for the k
+ * nearest that estimate. The download's end confirms it.
+ * NOTE: the estimate picks the wrong k when the ratio of the first MiB
+ * differs from the whole archive's by more than 2 GiB over the size (40%
+ * at 5 GiB, 10% at 20 GiB), and an archive of several gzip members has no
+ * single ISIZE. In both cases the size is corrected once the download ends,
+ * and a warning is logged; until then a read at or past the size waits for
+ * the download to end.
  *
  * Streaming: the first read of an entry that is not complete starts one
  * download thread for it; every reader of that entry shares it. The thread
@@ -55,15 +62,29 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Receives archive bytes in order; returns 0 to go on, non-zero to stop. */
+/* Receives archive bytes in order; returns 0 to go on, non-zero to stop.
+ * LEN 0 (BUF NULL) marks a pause in the data: bytes held back must be
+ * handed on now. */
 typedef int (*cache_sink_fn)(void *sink_ctx, const void *buf, size_t len);
+
+/* What a probe learns of an archive. The cache sets HEAD_FROM, HEAD and
+ * HEAD_CAP; the source fills HEAD with the archive's first bytes (up to
+ * HEAD_CAP) only when the archive has at least HEAD_FROM bytes, and leaves
+ * HEAD_LEN 0 when it did not or could not. */
+struct cache_probe {
+  uint64_t archive_size;
+  unsigned char trailer[8];   /* the last 8 bytes: CRC-32 and ISIZE */
+  uint64_t head_from;
+  unsigned char *head;
+  size_t head_cap;
+  size_t head_len;
+};
 
 /* Source of the archives. In asanafs its callbacks call the client module. */
 struct cache_source {
   void *ctx;
-  /* Sets the archive size and its last 8 bytes. Returns 0 or -errno. */
-  int (*probe)(void *ctx, const char *gid, uint64_t *archive_size,
-               unsigned char trailer[8]);
+  /* Fills PROBE's size, trailer and, when asked, head. Returns 0 or -errno. */
+  int (*probe)(void *ctx, const char *gid, struct cache_probe *probe);
   /* Feeds archive bytes from OFFSET to the end into SINK. Returns 0 once
    * the end was reached, -ECANCELED when SINK stopped it, or -errno. */
   int (*fetch)(void *ctx, const char *gid, uint64_t offset,

@@ -71,8 +71,10 @@
 
 /*
  * Storage transfers read into a 512 KiB buffer instead of libcurl's 16 KiB
- * default, so an archive of gigabytes needs far fewer write callbacks, sink
- * calls and recv() system calls.
+ * default, so an archive of gigabytes needs far fewer recv() system calls.
+ * libcurl still hands the body on in pieces of at most 16 KiB
+ * (CURL_MAX_WRITE_SIZE), so the sink gets a pause call (LEN 0) after each
+ * burst and may collect the pieces of one burst before working on them.
  */
 #define DOWNLOAD_BUFFER_SIZE (512L * 1024)
 
@@ -127,6 +129,8 @@ struct transfer {
   char range[48];           /* CURLOPT_RANGE value, "" for none */
   long timeout_ms;          /* cap of the whole attempt, 0 for none */
   body_fn on_body;          /* takes 2xx bodies; NULL keeps them in body */
+  bool (*on_pause)(struct transfer *t); /* between bursts of a 2xx body, or
+                                           NULL; false aborts the transfer */
   void *ctx;
 
   struct response_headers headers;
@@ -1210,13 +1214,19 @@ static size_t on_write(char *data, size_t size, size_t count, void *userdata)
   return buffer_append(&t->body, data, len) ? len : 0;
 }
 
-/* Aborts the transfer once client_shutdown() was called. */
+/* Aborts the transfer once client_shutdown() was called. libcurl calls
+ * this after each burst of received data and about once a second while
+ * none arrives, which is when a download's sink is told of a pause. */
 static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
                        curl_off_t ultotal, curl_off_t ulnow)
 {
   struct transfer *t = userdata;
 
-  return atomic_load(&t->client->stopping) ? 1 : 0;
+  if (atomic_load(&t->client->stopping))
+    return 1;
+  if (t->on_pause && is_2xx(t->headers.status))
+    return t->on_pause(t) ? 0 : 1;
+  return 0;
 }
 
 #define SETOPT(handle, option, value)                          \
@@ -2200,11 +2210,66 @@ static enum client_result tail_judge(struct client *c, const char *export_gid,
   return retry_or_fail(c, b, t, false, err);
 }
 
+/* The first bytes of an archive, collected up to a cap. */
+struct head_state {
+  unsigned char *buf;
+  size_t cap, len;
+};
+
+/* Keeps body bytes up to the cap, then stops the transfer: a host that
+ * ignores Range sends the whole archive, of which only the head is needed. */
+static bool head_on_body(struct transfer *t, const char *data, size_t len)
+{
+  struct head_state *h = t->ctx;
+  size_t n = h->cap - h->len < len ? h->cap - h->len : len;
+
+  memcpy(h->buf + h->len, data, n);
+  h->len += n;
+  return h->len < h->cap;
+}
+
+/* One attempt at the archive's first HEAD->cap bytes with the URL the tail
+ * used. It is a hint for the size, so a failure only leaves HEAD empty. */
+static void fetch_head(struct client *c, const char *url, const char *gid,
+                       struct budget *b, struct head_state *head)
+{
+  struct client_error err = {0};
+  struct transfer t;
+  char label[96];
+
+  snprintf(label, sizeof(label), "the archive head of export %.40s", gid);
+  transfer_init(&t, c, "GET", NULL, label, false);
+  t.url = url;
+  t.capped = true;
+  t.on_body = head_on_body;
+  t.ctx = head;
+  snprintf(t.range, sizeof(t.range), "0-%zu", head->cap - 1);
+  if (run_attempt(c, &t, b, &err) != CLIENT_OK || !is_2xx(t.status) ||
+      (head->len < head->cap && t.code != CURLE_OK)) {
+    log_warn("%s failed (%s); its inflated size is taken from the gzip "
+             "trailer alone", label, err.message[0] ? err.message : "no data");
+    head->len = 0;
+  }
+  transfer_release(&t);
+}
+
 enum client_result client_archive_tail(struct client *client,
                                        const char *export_gid,
                                        uint64_t *archive_size,
                                        unsigned char trailer[8],
                                        struct client_error *err)
+{
+  return client_archive_probe(client, export_gid, archive_size, trailer, 0,
+                              NULL, 0, NULL, err);
+}
+
+enum client_result client_archive_probe(struct client *client,
+                                        const char *export_gid,
+                                        uint64_t *archive_size,
+                                        unsigned char trailer[8],
+                                        uint64_t head_from, unsigned char *head,
+                                        size_t head_cap, size_t *head_len,
+                                        struct client_error *err)
 {
   struct client_error scratch = {0};
   struct tail_state state;
@@ -2247,6 +2312,15 @@ enum client_result client_archive_tail(struct client *client,
       rc = tail_judge(client, export_gid, &limit, &t, &b, &url, &refreshed,
                       err);
   } while (rc == CLIENT_OK);
+  if (head_len)
+    *head_len = 0;
+  if (rc == CLIENT_OK && head && head_cap > 0 && head_len &&
+      *archive_size >= head_from) {
+    struct head_state h = { head, head_cap, 0 };
+
+    fetch_head(client, url, export_gid, &b, &h);
+    *head_len = h.len;
+  }
 out:
   transfer_release(&t);
   free_secret(&url);
@@ -2355,6 +2429,21 @@ static bool download_on_body(struct transfer *t, const char *data, size_t len)
   }
   d->next += len - skip;
   d->pos += len;
+  return true;
+}
+
+/* Tells the sink of a pause in the body, so that it passes on what it
+ * holds. */
+static bool download_on_pause(struct transfer *t)
+{
+  struct download_state *d = t->ctx;
+
+  if (!d->started || d->sink_stopped)
+    return true;
+  if (d->sink(d->ctx, NULL, 0) != 0) {
+    d->sink_stopped = true;
+    return false;
+  }
   return true;
 }
 
@@ -2493,6 +2582,7 @@ enum client_result client_download_archive(struct client *client,
     goto out;
   t.url = url;
   t.on_body = download_on_body;
+  t.on_pause = download_on_pause;
   t.ctx = &state;
   budget_start(&b, client, NULL);
   while (rc == CLIENT_OK && !done)

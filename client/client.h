@@ -171,8 +171,25 @@ enum client_result client_archive_tail(struct client *client,
                                        unsigned char trailer[8],
                                        struct client_error *err);
 
+/*
+ * Does what client_archive_tail() does and then, when the archive has at
+ * least HEAD_FROM bytes, fetches its first bytes (up to HEAD_CAP) into HEAD
+ * with a second Range request to the same URL, so no second URL is fetched.
+ * The head is a hint: when that request fails, *HEAD_LEN is 0 and the call
+ * still succeeds.
+ */
+enum client_result client_archive_probe(struct client *client,
+                                        const char *export_gid,
+                                        uint64_t *archive_size,
+                                        unsigned char trailer[8],
+                                        uint64_t head_from, unsigned char *head,
+                                        size_t head_cap, size_t *head_len,
+                                        struct client_error *err);
+
 /* Receives archive bytes in order; returns 0 to go on, non-zero to stop
- * the download (the call then fails with CLIENT_ERR_CANCELLED). */
+ * the download (the call then fails with CLIENT_ERR_CANCELLED). A call with
+ * LEN 0 (and BUF NULL) marks a pause between bursts of data: a sink that
+ * collects bytes before working on them should do so now. */
 typedef int (*client_sink_fn)(void *ctx, const void *buf, size_t len);
 
 /*

@@ -33,13 +33,13 @@ static int source_errno(const struct client_error *err)
   return rc == ENOENT ? -EIO : -rc;
 }
 
-static int source_probe(void *ctx, const char *gid, uint64_t *archive_size,
-                        unsigned char trailer[8])
+static int source_probe(void *ctx, const char *gid, struct cache_probe *probe)
 {
   struct client_error err = {0};
 
-  if (client_archive_tail(ctx, gid, archive_size, trailer, &err) !=
-      CLIENT_OK) {
+  if (client_archive_probe(ctx, gid, &probe->archive_size, probe->trailer,
+                           probe->head_from, probe->head, probe->head_cap,
+                           &probe->head_len, &err) != CLIENT_OK) {
     log_error("reading the size of export %s failed: %s", gid, err.message);
     return source_errno(&err);
   }

@@ -208,8 +208,7 @@ static struct archive *fake_find(const char *gid)
   return NULL;
 }
 
-static int fake_probe(void *ctx, const char *gid, uint64_t *archive_size,
-                      unsigned char trailer[8])
+static int fake_probe(void *ctx, const char *gid, struct cache_probe *probe)
 {
   struct archive *a = fake_find(gid);
 
@@ -218,9 +217,9 @@ static int fake_probe(void *ctx, const char *gid, uint64_t *archive_size,
     usleep(fake.probe_delay_us);
   if (!a)
     return -ENOENT;
-  *archive_size = a->gz_len;
+  probe->archive_size = a->gz_len;
   if (a->gz_len >= 8)
-    memcpy(trailer, a->gz + a->gz_len - 8, 8);
+    memcpy(probe->trailer, a->gz + a->gz_len - 8, 8);
   return 0;
 }
 
@@ -249,6 +248,13 @@ static int fake_fetch_chunks(struct archive *a, uint64_t offset,
     if (sink(sink_ctx, a->gz + pos, len) != 0)
       return -ECANCELED;
     pos += len;
+    /* Like libcurl, tell the sink of a pause before one, so that it hands
+     * on the bytes it collected. */
+    if ((fake.hold_after_first && !fake.first_chunk_sent) ||
+        fake.chunk_delay_us) {
+      if (sink(sink_ctx, NULL, 0) != 0)
+        return -ECANCELED;
+    }
     if (fake.hold_after_first && !fake.first_chunk_sent)
       fake_wait_for_release();
     if (fake.chunk_delay_us)

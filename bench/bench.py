@@ -354,7 +354,7 @@ class Bench:
     # Requests -------------------------------------------------------------
 
     def measure_requests(self, archive):
-        """Counts API requests of a fresh mount that knows two exports."""
+        """Count the requests of a fresh mount that has adopted three exports."""
         small, _ = self.archive(self.args.request_size)
         fs = Asanafs(self.asanafs.binary, self.workdir, self.standin.api_url,
                      name="requests", ttl=60)

@@ -12,12 +12,12 @@ MIB = 1 << 20
 
 
 def ratio(t, a, b):
-    """How fast A is next to B: B's median time over A's."""
+    """Return how fast A is next to B: B's median time over A's."""
     return t[b]["median_s"] / t[a]["median_s"]
 
 
 def targets(results):
-    """Each target with its measured value and whether it is met."""
+    """List each target with its measured value and whether it is met."""
     t = results["throughput"]
     rows = []
 

@@ -1110,7 +1110,7 @@ static double sample_ratio(const unsigned char *head, size_t len)
   return (double)produced / (double)(len - z.avail_in);
 }
 
-/* Picks the inflated size of an archive of GZ_SIZE bytes whose trailer says
+/* Picks the inflated size of an archive of GZ_SIZE bytes whose trailer stores
  * ISIZE (the size modulo 2^32): ISIZE + k * 2^32 for the k nearest the
  * size that HEAD's inflate ratio predicts, within what deflate allows. */
 static uint64_t resolve_isize(const char *gid, uint64_t isize,
@@ -2095,6 +2095,28 @@ out:
   return ret;
 }
 
+int cache_open_complete(struct cache_file *file, enum cache_kind kind,
+                        uint64_t *size)
+{
+  struct cache *cache = file->cache;
+  struct entry *e = file->entry;
+  char path[ENTRY_PATH_LEN];
+  bool complete;
+  int fd;
+
+  if (kind != CACHE_JSON && kind != CACHE_GZ)
+    return -EINVAL;
+  pthread_mutex_lock(&cache->lock);
+  complete = e->complete && !e->dropped;
+  *size = kind == CACHE_GZ ? e->gz_size : e->json_size;
+  pthread_mutex_unlock(&cache->lock);
+  if (!complete)
+    return -EAGAIN;
+  entry_path(path, e->gid, final_names[kind]);
+  fd = openat(cache->data_fd, path, O_RDONLY | O_CLOEXEC);
+  return fd < 0 ? -errno : fd;
+}
+
 void cache_close(struct cache_file *file)
 {
   struct cache *cache;
@@ -2162,6 +2184,7 @@ void cache_get_status(struct cache *cache, const char *gid,
     status->known = e->known;
     status->complete = e->complete;
     status->downloading = e->downloading;
+    status->verified = e->verified;
     status->json_size = e->json_size;
     status->gz_size = e->gz_size;
     status->json_ready = e->complete ? e->json_size : e->json_ready;

@@ -22,8 +22,8 @@
  * nearest that estimate. The download's end confirms it.
  * NOTE: the estimate picks the wrong k when the ratio of the first MiB
  * differs from the whole archive's by more than 2 GiB over the size (40%
- * at 5 GiB, 10% at 20 GiB), and an archive of several gzip members has no
- * single ISIZE. In both cases the size is corrected once the download ends,
+ * at 5 GiB, 10% at 20 GiB). An archive of several gzip members has no
+ * single ISIZE at all. In both cases the size is corrected once the download ends,
  * and a warning is logged; until then a read at or past the size waits for
  * the download to end.
  *
@@ -67,7 +67,7 @@
  * handed on now. */
 typedef int (*cache_sink_fn)(void *sink_ctx, const void *buf, size_t len);
 
-/* What a probe learns of an archive. The cache sets HEAD_FROM, HEAD and
+/* The facts a probe learns of an archive. The cache sets HEAD_FROM, HEAD and
  * HEAD_CAP; the source fills HEAD with the archive's first bytes (up to
  * HEAD_CAP) only when the archive has at least HEAD_FROM bytes, and leaves
  * HEAD_LEN 0 when it did not or could not. */
@@ -136,6 +136,14 @@ ssize_t cache_read(struct cache_file *file, enum cache_kind kind, char *buf,
 
 void cache_close(struct cache_file *file);
 
+/* Opens a new read-only descriptor of one of the entry's files once the
+ * entry is complete, and sets *SIZE to that file's size. The caller closes
+ * it. Returns the descriptor, -EAGAIN while the entry is not complete, or
+ * another -errno. The descriptor keeps reading the same data after a drop,
+ * like an open handle. */
+int cache_open_complete(struct cache_file *file, enum cache_kind kind,
+                        uint64_t *size);
+
 /* Removes an export's data and meta. Open handles keep reading the data they
  * had; the entry is gone for everyone else. */
 int cache_drop(struct cache *cache, const char *gid);
@@ -144,6 +152,8 @@ struct cache_status {
   bool known;                 /* meta exists, so the sizes are set */
   bool complete;
   bool downloading;
+  bool verified;              /* the download checked the whole archive and
+                                 the sizes are final; not yet complete */
   uint64_t json_size, gz_size;
   uint64_t json_ready, gz_ready;  /* bytes on disk */
   /* Bytes per second over the last seconds of a running download; 0 when

@@ -8,10 +8,12 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -28,6 +30,8 @@ struct open_file {
   bool wrote;                     /* IO_CONTROL: the request was made */
   int write_result;               /* IO_CONTROL: its errno, or 0 */
   int read_error;                 /* IO_CACHE: first failed read, or 0 */
+  int fd;                         /* IO_CACHE: the complete file, or -1 */
+  uint64_t fd_size;               /* its size */
 };
 
 static struct fs_context *context(void)
@@ -80,6 +84,13 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
   /* Lets a reader waiting for a download give up on a signal; see
    * install_interrupt_handler() in fs.c. */
   cfg->intr = 1;
+  /* Lets libfuse splice replies of fs_read_buf() from the cache file to
+   * the kernel instead of copying them through a buffer, where the kernel
+   * offers it. */
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+    conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+    conn->want |= FUSE_CAP_SPLICE_MOVE;
   return context();
 }
 
@@ -197,14 +208,24 @@ static int open_cached(struct fs_context *ctx, const struct node *node,
   file->kind = node->type->cache_kind;
   cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
   /* Complete data never changes, so the kernel may keep its pages from
-   * one open to the next. Data still arriving is read with direct I/O:
+   * one open to the next. So may verified data, whose download has checked
+   * the whole archive and only makes the files durable: should that fail,
+   * the next download brings the same bytes. Data still arriving is read
+   * with direct I/O:
    *  - the size of export.json from the gzip trailer may be short (several
    *    members, or over 4 GiB), and the kernel would cut reads there;
    *  - no page of a download that later fails its check stays cached;
    *  - an open never waits on a page that another reader has locked while
    *    it waits for a distant range. */
-  fi->keep_cache = status.complete;
-  fi->direct_io = !status.complete;
+  fi->keep_cache = status.complete || status.verified;
+  fi->direct_io = !fi->keep_cache;
+  /* Reads of a complete file are spliced from this descriptor to the
+   * kernel, which saves copying each page through asanafs's memory. When
+   * it cannot be opened, reads go through cache_read() as before. */
+  if (status.complete) {
+    rc = cache_open_complete(file->data, file->kind, &file->fd_size);
+    file->fd = rc < 0 ? -1 : rc;
+  }
   return 0;
 }
 
@@ -224,6 +245,8 @@ static int open_rendered(struct fs_context *ctx, const struct node *node,
 
 static void free_open_file(struct open_file *file)
 {
+  if (file->fd >= 0)
+    close(file->fd);
   if (file->data)
     cache_close(file->data);
   free(file->text);
@@ -249,6 +272,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
     return -ENOMEM;
   file->node = node;
   file->io = node.type->io;
+  file->fd = -1;
   if (file->io == IO_CACHE)
     rc = open_cached(ctx, &node, file, fi);
   else
@@ -288,6 +312,68 @@ static int fs_read(const char *path, char *buf, size_t size, off_t offset,
     size = file->len - (size_t)offset;
   memcpy(buf, file->text + offset, size);
   return (int)size;
+}
+
+/* Starts reading the next half of READ_AHEAD_SIZE of a complete file from
+ * disk whenever a read crosses into a new half. FUSE reads arrive in
+ * requests of at most 256 KiB, with one or two in flight, and the
+ * file's own readahead alone leaves the disk idle in between. */
+#define READ_AHEAD_SIZE (8 * 1024 * 1024)
+
+static void read_ahead(int fd, uint64_t off, size_t len)
+{
+  const uint64_t step = READ_AHEAD_SIZE / 2;
+
+  if (off / step != (off + len) / step)
+    posix_fadvise(fd, (off_t)((off + len) / step * step + step), (off_t)step,
+                  POSIX_FADV_WILLNEED);
+}
+
+/* Hands libfuse a reply to splice from the complete file when there is
+ * one, else a buffer that fs_read() fills. libfuse frees the vector and
+ * its memory buffer after replying; the descriptor stays open until
+ * release, which the kernel sends only after the open's last read. */
+static int fs_read_buf(const char *path, struct fuse_bufvec **bufp,
+                       size_t size, off_t offset, struct fuse_file_info *fi)
+{
+  struct open_file *file = handle(fi);
+  struct fuse_bufvec *vec;
+  void *mem;
+  int n;
+
+  if (offset < 0)
+    return -EINVAL;
+  vec = malloc(sizeof(*vec));
+  if (!vec)
+    return -ENOMEM;
+  if (file->fd >= 0) {
+    if ((uint64_t)offset >= file->fd_size)
+      size = 0;
+    else if (size > file->fd_size - (uint64_t)offset)
+      size = (size_t)(file->fd_size - (uint64_t)offset);
+    read_ahead(file->fd, (uint64_t)offset, size);
+    *vec = FUSE_BUFVEC_INIT(size);
+    vec->buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+    vec->buf[0].fd = file->fd;
+    vec->buf[0].pos = offset;
+    *bufp = vec;
+    return 0;
+  }
+  mem = malloc(size ? size : 1);
+  if (!mem) {
+    free(vec);
+    return -ENOMEM;
+  }
+  n = fs_read(path, mem, size, offset, fi);
+  if (n < 0) {
+    free(mem);
+    free(vec);
+    return n;
+  }
+  *vec = FUSE_BUFVEC_INIT((size_t)n);
+  vec->buf[0].mem = mem;
+  *bufp = vec;
+  return 0;
 }
 
 /* Starts one export for the first non-empty write of an open of `new`,
@@ -580,6 +666,7 @@ const struct fuse_operations fs_operations = {
   .readlink = fs_readlink,
   .open = fs_open,
   .read = fs_read,
+  .read_buf = fs_read_buf,
   .write = fs_write,
   .flush = fs_flush,
   .release = fs_release,

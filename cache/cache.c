@@ -65,6 +65,8 @@
  * SAMPLE_OUT_MAX inflated bytes are counted, so a probe stays quick. */
 #define SAMPLE_SIZE (1024 * 1024)
 #define SAMPLE_OUT_MAX (64 * 1024 * 1024)
+/* The longer sample when the first MiB cannot decide. */
+#define SAMPLE_MORE_SIZE (16 * 1024 * 1024)
 #define META_HEADER "asanafs-cache-meta 1\n"
 #define RATE_WINDOW_NS 2000000000LL     /* rates are measured over 2 s */
 #define RATE_STALE_NS 5000000000LL      /* no byte for 5 s: rate 0 */
@@ -1080,67 +1082,157 @@ void cache_free(struct cache *cache)
 
 /* ---- Sizes: meta or probe ---------------------------------------------- */
 
-/* Returns the inflate ratio of the first bytes of a gzip archive, or 0 when
- * too few of them inflate to tell. */
-static double sample_ratio(const unsigned char *head, size_t len)
-{
-  z_stream z = {0};
-  unsigned char *out = malloc(INFLATE_BUF_SIZE);
-  uint64_t produced = 0;
-  int zret = Z_OK;
+/* Inflate state of a size sample: the first bytes of an archive, from
+ * the probe's head or streamed through source->fetch, whose inflate ratio
+ * estimates the ratio of the whole archive. */
+struct sample {
+  z_stream z;
+  bool ready;
+  unsigned char *out;         /* INFLATE_BUF_SIZE bytes, discarded */
+  uint64_t consumed, produced;
+  uint64_t limit;             /* archive bytes to sample */
+  bool ended;                 /* a member ended or the data is corrupt */
+};
 
-  if (!out || inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
-    free(out);
-    return 0;
+static int sample_start(struct sample *s, uint64_t limit)
+{
+  memset(s, 0, sizeof(*s));
+  s->limit = limit;
+  s->out = malloc(INFLATE_BUF_SIZE);
+  if (!s->out || inflateInit2(&s->z, 16 + MAX_WBITS) != Z_OK) {
+    free(s->out);
+    return -ENOMEM;
   }
-  z.next_in = (Bytef *)head;
-  z.avail_in = (uInt)len;
-  while (zret == Z_OK && z.avail_in > 0 && produced < SAMPLE_OUT_MAX) {
-    z.next_out = out;
-    z.avail_out = INFLATE_BUF_SIZE;
-    zret = inflate(&z, Z_NO_FLUSH);
-    produced += INFLATE_BUF_SIZE - z.avail_out;
-  }
-  inflateEnd(&z);
-  free(out);
-  /* Below 64 KiB of input the ratio is dominated by the start, where
-   * deflate has no history yet. */
-  if (len - z.avail_in < 64 * 1024 || produced == 0)
-    return 0;
-  return (double)produced / (double)(len - z.avail_in);
+  s->ready = true;
+  return 0;
 }
 
-/* Picks the inflated size of an archive of GZ_SIZE bytes whose trailer stores
- * ISIZE (the size modulo 2^32): ISIZE + k * 2^32 for the k nearest the
- * size that HEAD's inflate ratio predicts, within what deflate allows. */
-static uint64_t resolve_isize(const char *gid, uint64_t isize,
-                              uint64_t gz_size, const unsigned char *head,
-                              size_t head_len)
+static void sample_end(struct sample *s)
 {
-  double ratio, k;
-  uint64_t k_max;
+  if (s->ready)
+    inflateEnd(&s->z);
+  free(s->out);
+  s->ready = false;
+}
+
+/* A cache_sink_fn: inflates and counts until the limit, then stops. At
+ * most SAMPLE_OUT_MAX bytes are inflated, so a highly compressible archive
+ * does not make a probe slow. */
+static int sample_sink(void *ctx, const void *buf, size_t len)
+{
+  struct sample *s = ctx;
+  int zret = Z_OK;
+
+  if (len > s->limit - s->consumed)
+    len = (size_t)(s->limit - s->consumed);
+  s->z.next_in = (Bytef *)buf;
+  s->z.avail_in = (uInt)len;
+  while (zret == Z_OK && s->z.avail_in > 0 && s->produced < SAMPLE_OUT_MAX) {
+    s->z.next_out = s->out;
+    s->z.avail_out = INFLATE_BUF_SIZE;
+    zret = inflate(&s->z, Z_NO_FLUSH);
+    s->produced += INFLATE_BUF_SIZE - s->z.avail_out;
+  }
+  s->consumed += len - s->z.avail_in;
+  if (zret != Z_OK)
+    s->ended = true;
+  return s->ended || s->consumed >= s->limit ||
+         s->produced >= SAMPLE_OUT_MAX ? 1 : 0;
+}
+
+/* Returns the sample's inflate ratio, or 0 when too little inflated to
+ * tell: below 64 KiB of input, the start, where deflate has no history
+ * yet, dominates. */
+static double sample_ratio(const struct sample *s)
+{
+  if (s->consumed < 64 * 1024 || s->produced == 0)
+    return 0;
+  return (double)s->produced / (double)s->consumed;
+}
+
+/* The candidates ISIZE + k * 2^32 for an archive of GZ_SIZE bytes, at most
+ * K_MAX, ranked by how far the ratio each implies is from RATIO, on a log
+ * scale. Sets *BEST and returns how much nearer it is than the next best
+ * (INFINITY when it is the only one). */
+static double rank_candidates(uint64_t isize, uint64_t gz_size,
+                              uint64_t k_max, double ratio, uint64_t *best)
+{
+  double guess = ((double)gz_size * ratio - (double)isize) / (double)ISIZE_WRAP;
+  double best_d = INFINITY, second_d = INFINITY, d, size;
+  uint64_t first = guess > 1 ? (uint64_t)guess - 1 : 0;
+
+  *best = 0;
+  for (uint64_t k = first; k <= k_max && k <= first + 3; k++) {
+    size = (double)isize + (double)k * (double)ISIZE_WRAP;
+    if (size <= 0)
+      continue;
+    d = fabs(log(size / (double)gz_size) - log(ratio));
+    if (d < best_d) {
+      second_d = best_d;
+      best_d = d;
+      *best = k;
+    } else if (d < second_d) {
+      second_d = d;
+    }
+  }
+  return second_d - best_d;
+}
+
+/* Streams the first SAMPLE_MORE_SIZE bytes of the archive through a new
+ * fetch and returns their inflate ratio, or 0 when that failed. */
+static double sample_more(struct cache *cache, const char *gid)
+{
+  struct sample s;
+  double ratio;
+  int ret;
+
+  if (sample_start(&s, SAMPLE_MORE_SIZE) < 0)
+    return 0;
+  ret = cache->source.fetch(cache->source.ctx, gid, 0, sample_sink, &s);
+  ratio = ret == 0 || ret == -ECANCELED ? sample_ratio(&s) : 0;
+  sample_end(&s);
+  return ratio;
+}
+
+/* Picks the inflated size of an archive of GZ_SIZE bytes whose trailer
+ * stores ISIZE (the size modulo 2^32): ISIZE + k * 2^32 for the k whose
+ * ratio is nearest the ratio of the archive's first bytes. The start of an
+ * export (its users and teams) often compresses better than the rest, so
+ * when the first MiB cannot tell two candidates apart by a factor of two,
+ * a longer sample decides. */
+static uint64_t resolve_isize(struct cache *cache, const char *gid,
+                              uint64_t isize, uint64_t gz_size,
+                              const unsigned char *head, size_t head_len)
+{
+  uint64_t k_max, k = 0;
+  struct sample s;
+  double ratio = 0, margin;
 
   if (gz_size < ISIZE_WRAP / DEFLATE_MAX_RATIO)
     return isize;
-  ratio = head_len ? sample_ratio(head, head_len) : 0;
+  k_max = (gz_size * DEFLATE_MAX_RATIO - isize) / ISIZE_WRAP;
+  if (head_len && sample_start(&s, head_len) == 0) {
+    sample_sink(&s, head, head_len);
+    ratio = sample_ratio(&s);
+    sample_end(&s);
+  }
+  margin = ratio > 0 ? rank_candidates(isize, gz_size, k_max, ratio, &k) : 0;
+  if (margin < log(2)) {
+    ratio = sample_more(cache, gid);
+    if (ratio > 0)
+      rank_candidates(isize, gz_size, k_max, ratio, &k);
+  }
   if (ratio <= 0) {
     log_warn("cache: export %s may inflate to 4 GiB or more, and its first "
              "bytes could not tell; its size is the trailer's until its "
              "download ends", gid);
     return isize;
   }
-  k = floor(((double)gz_size * ratio - (double)isize) / (double)ISIZE_WRAP +
-            0.5);
-  k_max = (gz_size * DEFLATE_MAX_RATIO - isize) / ISIZE_WRAP;
-  if (k < 0)
-    k = 0;
-  if (k > (double)k_max)
-    k = (double)k_max;
   if (k > 0)
     log_info("cache: export %s inflates about %.1f times, so its size is %"
              PRIu64 " bytes, not its trailer's %" PRIu64, gid, ratio,
-             isize + (uint64_t)k * ISIZE_WRAP, isize);
-  return isize + (uint64_t)k * ISIZE_WRAP;
+             isize + k * ISIZE_WRAP, isize);
+  return isize + k * ISIZE_WRAP;
 }
 
 /* Asks the source for the archive's size and gzip trailer, and saves the
@@ -1178,7 +1270,7 @@ static int probe_source(struct cache *cache, const char *gid,
    * so its json size probes as 0 until a download of the archive ends. */
   isize = (uint64_t)trailer[4] | (uint64_t)trailer[5] << 8 |
           (uint64_t)trailer[6] << 16 | (uint64_t)trailer[7] << 24;
-  meta->json_size = resolve_isize(gid, isize, size, probe.head,
+  meta->json_size = resolve_isize(cache, gid, isize, size, probe.head,
                                   probe.head_len);
   free(probe.head);
   meta->complete = false;

@@ -17,10 +17,13 @@
  * tail (source->probe), before any download, and are kept in meta, which
  * eviction keeps, so a size never changes. An archive large enough to
  * inflate to 4 GiB or more (deflate inflates at most 1032 times) is
- * ambiguous: the probe then also fetches its first MiB, whose inflate ratio
- * estimates the whole size, and the size is ISIZE + k * 2^32 for the k
- * nearest that estimate. The download's end confirms it.
- * NOTE: the estimate picks the wrong k when the ratio of the first MiB
+ * ambiguous: the probe then also fetches its first MiB, and the size is
+ * ISIZE + k * 2^32 for the k whose inflate ratio is nearest that MiB's.
+ * When two candidates are within a factor of two of it, the first 16 MiB,
+ * streamed through source->fetch, decide instead, because the start of an
+ * export often compresses better than the rest. The download's end
+ * confirms the size.
+ * NOTE: the estimate picks the wrong k when the ratio of the sample
  * differs from the whole archive's by more than 2 GiB over the size (40%
  * at 5 GiB, 10% at 20 GiB). An archive of several gzip members has no
  * single ISIZE at all. In both cases the size is corrected once the download ends,

@@ -69,8 +69,9 @@ class LargeExportTest(MountTestCase):
         # The first stat, before any download, already has the exact size.
         self.assertEqual(os.stat(path).st_size, SIZE)
         downloads = "DOWNLOAD /exports/%s/export.json.gz" % gid
-        self.assertEqual(self.count(downloads), 2,
-                         "the tail and the first MiB, nothing more")
+        self.assertLessEqual(self.count(downloads), 3,
+                             "the tail, the first MiB and at most one longer "
+                             "sample, never the whole archive")
         self.assertEqual(run(["sh", "-c", "cat '%s' | sha256sum" % path],
                              timeout=600).stdout.split()[0], sha)
         wait_for(lambda: not os.path.exists(os.path.join(

@@ -410,12 +410,16 @@ class Bench:
                 pass
             return "?"
 
-        def version(cmd):
+        def version(cmd, word=""):
+            """Return the first line of CMD's output that contains WORD."""
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-                return (out.stdout or out.stderr).strip().splitlines()[0]
-            except (OSError, IndexError, subprocess.TimeoutExpired):
+            except (OSError, subprocess.TimeoutExpired):
                 return "?"
+            for line in (out.stdout + out.stderr).splitlines():
+                if word.lower() in line.lower():
+                    return line.strip()
+            return "?"
 
         return {
             "cpu": first("/proc/cpuinfo", "model name"),
@@ -427,7 +431,7 @@ class Bench:
             "zlib": version([sys.executable, "-c", "import zlib; print(zlib.ZLIB_RUNTIME_VERSION)"]),
             "curl": version(["curl", "--version"]),
             "gzip": version(["gzip", "--version"]),
-            "httpdirfs": version(["httpdirfs", "--version"]),
+            "httpdirfs": version(["httpdirfs", "--version"], "httpdirfs"),
             "rclone": version(["rclone", "version"]),
         }
 
@@ -472,8 +476,8 @@ class Bench:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--asanafs", required=True, help="asanafs binary (a release build)")
-    parser.add_argument("--zinflate", required=True, help="the bench/zinflate binary")
+    parser.add_argument("--asanafs", help="asanafs binary (a release build)")
+    parser.add_argument("--zinflate", help="the bench/zinflate binary")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=GIB, help="inflated export size")
     parser.add_argument("--big-size", type=int, default=4 * GIB + 64 * MIB,
@@ -498,6 +502,9 @@ def main():
     else:
         if os.geteuid() != 0:
             sys.exit("bench: run as root (it mounts and drops the page cache)")
+        if not args.asanafs or not args.zinflate:
+            sys.exit("bench: --asanafs and --zinflate are required; "
+                     "sh bench/run.sh passes them")
         results = Bench(args).run()
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)

@@ -55,6 +55,11 @@
  * libcurl's 16 KiB pieces do not each cost two writes and a wake-up of
  * every waiting reader. A pause in the data hands on what was collected. */
 #define STAGE_BUF_SIZE (512 * 1024)
+/* The part files are handed to writeback in steps of this size while they
+ * are written, so the fsync that completes an entry finds little left to
+ * write. Before, it wrote the whole export to disk at the end, while the
+ * reader waited for the last byte. */
+#define WRITEBACK_STEP (8 * 1024 * 1024)
 #define WAIT_SLICE_NS 100000000L    /* how often waiters poll interrupted() */
 #define META_MAX_SIZE 256
 /* Deflate's largest inflate ratio: an archive of fewer than 2^32 / 1032
@@ -98,8 +103,6 @@ struct entry {
   bool known;                 /* the sizes are set */
   bool complete;              /* final data files and meta are in place */
   bool downloading;           /* a download thread runs */
-  bool verified;              /* the running download checked the whole
-                                 archive; sizes are final, before commit */
   bool busy;                  /* one thread is changing the folder's files */
   bool dropped;               /* cache_drop() hid it from lookups */
   bool cleaned;               /* its folder was removed after the drop */
@@ -166,6 +169,7 @@ struct download {
   bool z_ready;
   enum member_state state;
   unsigned char *out;         /* INFLATE_BUF_SIZE bytes of inflated output */
+  uint64_t writeback[2];      /* bytes of each part file handed to writeback */
   unsigned char *stage;       /* STAGE_BUF_SIZE bytes of archive input */
   size_t staged;              /* bytes in STAGE not yet stored */
   int error;                  /* first failure as a negative errno, or 0 */
@@ -1528,6 +1532,19 @@ static uint64_t inflate_limit(uint64_t max_bytes, uint64_t gz_size,
   return limit > json_size ? limit : json_size;
 }
 
+/* Starts writeback of what was written to a part file since the last
+ * step. A failure shows up in the fsync of commit_files(). */
+static void start_writeback(struct download *d, int kind, uint64_t written)
+{
+  uint64_t from = d->writeback[kind];
+
+  if (written - from < WRITEBACK_STEP)
+    return;
+  sync_file_range(d->files->fd[kind], (off_t)from, (off_t)(written - from),
+                  SYNC_FILE_RANGE_WRITE);
+  d->writeback[kind] = written;
+}
+
 static int write_output(struct download *d, size_t len)
 {
   int ret;
@@ -1545,6 +1562,7 @@ static int write_output(struct download *d, size_t len)
     return download_fail(d, ret, "writing %s failed: %s",
                          part_names[CACHE_JSON], strerror(-ret));
   d->json_written += len;
+  start_writeback(d, CACHE_JSON, d->json_written);
   return 0;
 }
 
@@ -1559,9 +1577,9 @@ static int fail_inflate(struct download *d, int zret)
 /* Inflates input of the current gzip member through the fixed output buffer
  * into the json part file, until the input is used up or the member ends.
  * Moves *IN and *LEN past the input consumed.
- * TODO: this thread limits a cold read. Besides inflating it computes the
+ * TODO: this thread limits a cold read. Besides inflating, it computes the
  * CRC-32 (about 10% of its time in perf) and copies the output into the
- * page cache (about 9%); with a spare core, a second thread could take
+ * page cache (about 9%). With a spare core, a second thread could take
  * both, with inflateValidate(z, 0) and the trailers checked there. */
 static int inflate_member(struct download *d, const unsigned char **in,
                           size_t *len)
@@ -1741,6 +1759,7 @@ static int flush_stage(struct download *d)
     return download_fail(d, ret, "writing %s failed: %s",
                          part_names[CACHE_GZ], strerror(-ret));
   d->gz_written += len;
+  start_writeback(d, CACHE_GZ, d->gz_written);
   ret = inflate_input(d, d->stage, len);
   if (ret < 0)
     return ret;
@@ -1770,23 +1789,6 @@ static int download_sink(void *sink_ctx, const void *buf, size_t len)
       return 1;
   }
   return 0;
-}
-
-/* Shows readers the whole verified data and its final sizes, before the
- * files are made durable: fsync of a large export takes a while, and a
- * reader needs only the bytes, which are already in the page cache. */
-static void publish_verified(struct download *d)
-{
-  struct cache *cache = d->cache;
-  struct entry *e = d->entry;
-
-  pthread_mutex_lock(&cache->lock);
-  e->json_size = d->json_written;
-  e->gz_ready = d->gz_written;
-  e->json_ready = d->json_written;
-  e->verified = true;
-  pthread_cond_broadcast(&e->cond);
-  pthread_mutex_unlock(&cache->lock);
 }
 
 /* Checks that the whole archive arrived and ended where gzip ends. */
@@ -1863,7 +1865,6 @@ static int download_run(struct download *d)
   ret = check_archive_end(d);
   if (ret < 0)
     return ret;
-  publish_verified(d);
   return commit_files(d);
 }
 
@@ -1913,7 +1914,6 @@ static void download_end(struct download *d, int ret)
   e->complete = ret == 0;
   if (forget_sizes)
     e->known = false;
-  e->verified = false;
   if (ret == 0) {
     e->json_size = d->json_written;
     e->complete_download = e->downloads_started;
@@ -2111,7 +2111,7 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
     /* Until a download ends, the inflated size from the gzip trailer is
      * only a lower bound (several members, or over 4 GiB), so a read at or
      * past it waits for the end instead of returning end of file. */
-    if (off >= file_size && (e->complete || e->verified || kind == CACHE_GZ))
+    if (off >= file_size && (e->complete || kind == CACHE_GZ))
       return 0;
     end = off < file_size && size < file_size - off ? off + size : file_size;
     ready = kind == CACHE_GZ ? e->gz_ready : e->json_ready;
@@ -2280,7 +2280,6 @@ void cache_get_status(struct cache *cache, const char *gid,
     status->known = e->known;
     status->complete = e->complete;
     status->downloading = e->downloading;
-    status->verified = e->verified;
     status->json_size = e->json_size;
     status->gz_size = e->gz_size;
     status->json_ready = e->complete ? e->json_size : e->json_ready;

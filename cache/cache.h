@@ -155,8 +155,6 @@ struct cache_status {
   bool known;                 /* meta exists, so the sizes are set */
   bool complete;
   bool downloading;
-  bool verified;              /* the download checked the whole archive and
-                                 the sizes are final; not yet complete */
   uint64_t json_size, gz_size;
   uint64_t json_ready, gz_ready;  /* bytes on disk */
   /* Bytes per second over the last seconds of a running download; 0 when

@@ -208,17 +208,14 @@ static int open_cached(struct fs_context *ctx, const struct node *node,
   file->kind = node->type->cache_kind;
   cache_get_status(ctx->cache, node->param[PARAM_EXPORT], &status);
   /* Complete data never changes, so the kernel may keep its pages from
-   * one open to the next. So may verified data, whose download has checked
-   * the whole archive and only makes the files durable: should that fail,
-   * the next download brings the same bytes. Data still arriving is read
-   * with direct I/O:
+   * one open to the next. Data still arriving is read with direct I/O:
    *  - the size of export.json from the gzip trailer may be short (several
    *    members, or over 4 GiB), and the kernel would cut reads there;
    *  - no page of a download that later fails its check stays cached;
    *  - an open never waits on a page that another reader has locked while
    *    it waits for a distant range. */
-  fi->keep_cache = status.complete || status.verified;
-  fi->direct_io = !fi->keep_cache;
+  fi->keep_cache = status.complete;
+  fi->direct_io = !status.complete;
   /* Reads of a complete file are spliced from this descriptor to the
    * kernel, which saves copying each page through asanafs's memory. When
    * it cannot be opened, reads go through cache_read() as before. */
@@ -331,7 +328,7 @@ static void read_ahead(int fd, uint64_t off, size_t len)
 
 /* Hands libfuse a reply to splice from the complete file when there is
  * one, else a buffer that fs_read() fills. libfuse frees the vector and
- * its memory buffer after replying; the descriptor stays open until
+ * its memory buffer after replying. The descriptor stays open until
  * release, which the kernel sends only after the open's last read. */
 static int fs_read_buf(const char *path, struct fuse_bufvec **bufp,
                        size_t size, off_t offset, struct fuse_file_info *fi)

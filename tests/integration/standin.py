@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,6 +69,8 @@ class StandIn:
         self.token = None
         self.stderr_path = None
         self._stderr = None
+        self._tmpdir = None
+        self._options = {}
 
     @property
     def api_url(self):
@@ -96,6 +99,8 @@ class StandIn:
         if self.process is not None:
             raise StandInError("stand-in already started with pid %d" % self.process.pid)
         os.makedirs(tmpdir, exist_ok=True)
+        self._tmpdir = tmpdir
+        self._options = dict(options)
         port_file = os.path.join(tmpdir, "standin.port.json")
         if os.path.exists(port_file):
             os.unlink(port_file)
@@ -110,7 +115,7 @@ class StandIn:
                 command.append(str(value))
 
         self.stderr_path = os.path.join(tmpdir, "standin.stderr.log")
-        self._stderr = open(self.stderr_path, "wb")
+        self._stderr = open(self.stderr_path, "ab")
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -136,6 +141,8 @@ class StandIn:
         if self.process is None:
             return
         if self.process.poll() is None:
+            # A paused server would handle SIGTERM only after SIGCONT.
+            self.process.send_signal(signal.SIGCONT)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(STOP_TIMEOUT_SECONDS)
@@ -144,6 +151,28 @@ class StandIn:
                 self.process.wait()
         self.process = None
         self._close_stderr()
+
+    def restart(self):
+        """Start the server again on the ports it had, after stop().
+
+        The new process starts empty: exports, faults and counts of the old
+        one are gone, so tests recreate what they need with create_export().
+        """
+        if self.info is None:
+            raise StandInError("restart() needs a stand-in that was started before")
+        api_port = urllib.parse.urlsplit(self.info["api_url"]).port
+        download_port = urllib.parse.urlsplit(self.info["download_base"]).port
+        options = dict(self._options, api_port=api_port, download_port=download_port)
+        self.stop()
+        return self.start(self._tmpdir, **options)
+
+    def pause(self):
+        """Stop the server process with SIGSTOP: its ports still accept
+        connections, but no request gets a reply until resume()."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.process.send_signal(signal.SIGCONT)
 
     def __enter__(self):
         return self

@@ -42,6 +42,7 @@ struct known_export {
   bool refreshing;
   unsigned refresh_generation;    /* bumped when a refresh ends */
   int refresh_result;             /* of the last refresh */
+  double failed_at;               /* monotonic seconds, 0 if never */
   bool forgotten;                 /* removed while a refresh ran */
   struct known_export *next;
 };
@@ -68,6 +69,7 @@ struct registry {
   bool workspaces_refreshing;
   unsigned workspaces_generation;
   int workspaces_result;
+  double workspaces_failed_at;    /* monotonic seconds, 0 if never */
   time_t orgs_mtime;
   struct known_export *exports;
   struct control *controls;
@@ -79,6 +81,18 @@ static double monotonic_now(void)
 
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Seconds for which a failed refresh answers again without a new request.
+ * When a lookup of a cached name fails, the kernel drops the name and at
+ * once looks it up a second time; without this, a reader would wait out
+ * the timeout twice before seeing the error. Short enough that an API that
+ * is back is used on the next read. */
+#define FAILURE_REUSE_S 1.0
+
+static bool failed_recently(double failed_at)
+{
+  return failed_at > 0 && monotonic_now() - failed_at < FAILURE_REUSE_S;
 }
 
 bool gid_valid(const char *s)
@@ -407,6 +421,11 @@ static int sync_workspaces(struct registry *r, enum freshness freshness)
     pthread_mutex_unlock(&r->lock);
     return 0;
   }
+  if (r->workspaces_result < 0 && failed_recently(r->workspaces_failed_at)) {
+    rc = r->workspaces_result;
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+  }
   r->workspaces_refreshing = true;
   pthread_mutex_unlock(&r->lock);
 
@@ -415,6 +434,7 @@ static int sync_workspaces(struct registry *r, enum freshness freshness)
   pthread_mutex_lock(&r->lock);
   r->workspaces_refreshing = false;
   r->workspaces_result = rc;
+  r->workspaces_failed_at = rc < 0 ? monotonic_now() : 0;
   r->workspaces_generation++;
   pthread_cond_broadcast(&r->refreshed);
   pthread_mutex_unlock(&r->lock);
@@ -747,6 +767,11 @@ static int sync_export(struct registry *r, const char *org, const char *gid,
     pthread_mutex_unlock(&r->lock);
     return 0;
   }
+  if (e->refresh_result < 0 && failed_recently(e->failed_at)) {
+    rc = e->refresh_result;
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+  }
   e->refreshing = true;
   pthread_mutex_unlock(&r->lock);
 
@@ -755,6 +780,7 @@ static int sync_export(struct registry *r, const char *org, const char *gid,
   pthread_mutex_lock(&r->lock);
   e->refreshing = false;
   e->refresh_result = rc;
+  e->failed_at = rc < 0 ? monotonic_now() : 0;
   e->refresh_generation++;
   if (e->forgotten)
     free_export(e);

@@ -71,23 +71,53 @@ def process_state(pid):
     return text[text.rindex(")") + 2]
 
 
-def watch(proc, limit):
-    """Waits up to LIMIT seconds for PROC to exit, sampling its state.
+def kernel_stack(pid):
+    """Returns the kernel stack of PID as one line of function names, or ''
+    where /proc/PID/stack cannot be read (it needs root)."""
+    try:
+        with open("/proc/%d/stack" % pid) as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return ""
+    return " < ".join(line.split()[-1].split("+")[0] for line in lines if line)
 
-    Returns (seconds taken, set of states seen). A process still running
-    after LIMIT is killed, and the seconds returned are None."""
-    states = set()
+
+class Watch:
+    """What watch() saw of one process: the seconds it took (None when it
+    was still running at the limit), every state it was seen in, and the
+    kernel stacks of the samples in uninterruptible sleep ('D')."""
+
+    def __init__(self):
+        self.seconds = None
+        self.states = set()
+        self.d_stacks = []
+        self.longest_d = 0.0
+
+
+def watch(proc, limit):
+    """Waits up to LIMIT seconds for PROC to exit, sampling its state every
+    50 ms. A process still running after LIMIT is killed. Returns a Watch."""
+    seen = Watch()
     began = time.monotonic()
+    d_since = None
     while proc.poll() is None:
+        now = time.monotonic()
         state = process_state(proc.pid)
         if state is not None:
-            states.add(state)
-        if time.monotonic() - began > limit:
+            seen.states.add(state)
+        if state == "D":
+            seen.d_stacks.append(kernel_stack(proc.pid))
+            d_since = now if d_since is None else d_since
+            seen.longest_d = max(seen.longest_d, now - d_since)
+        else:
+            d_since = None
+        if now - began > limit:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
-            return None, states
+            return seen
         time.sleep(0.05)
-    return time.monotonic() - began, states
+    seen.seconds = time.monotonic() - began
+    return seen
 
 
 def in_mountinfo(path):

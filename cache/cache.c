@@ -2131,6 +2131,12 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
       return -ENOENT;
     if (cache->stopping)
       return -ECANCELED;
+    /* The download that served this handle failed, and check_same_download
+     * would reject the bytes of a new one, so the handle keeps the failure
+     * (ENOSPC, say) instead of starting a download only to get EIO. */
+    if (file->served_download != 0 && !e->complete &&
+        e->downloads_ended >= file->served_download)
+      return e->download_error < 0 ? e->download_error : -EIO;
     if (e->complete && !e->busy) {
       entry_load_files(cache, e);
       continue;

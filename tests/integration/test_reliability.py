@@ -185,7 +185,7 @@ class DownloadFaultTest(ArchiveTestCase):
         small_gid, small_path = adopt_export(self, mount, small_archive)
         state = mount.p("orgs", ORG, "exports", gid, "state")
         trials = Trials(self, "cache folder on a filesystem smaller than the export")
-        for round_index in range(3):
+        for round_index in range(5):
             def trial():
                 result = run(["sh", "-c", "cat '%s' | wc -c" % path],
                              check=False, timeout=300)

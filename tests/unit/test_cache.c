@@ -163,7 +163,9 @@ struct fake {
   bool released;
   bool first_chunk_sent;
   bool fetch_returned;          /* a fetch returned since the last reset */
-  long fail_after;              /* return -EIO after this many bytes, or -1 */
+  long fail_after;              /* return fail_error after this many bytes,
+                                   or -1 */
+  int fail_error;               /* a negative errno, -EIO after a reset */
   long end_after;               /* return 0 after this many bytes, or -1 */
   atomic_int probes;
   atomic_int fetches;
@@ -188,6 +190,7 @@ static void fake_reset(void)
   fake.first_chunk_sent = false;
   fake.fetch_returned = false;
   fake.fail_after = -1;
+  fake.fail_error = -EIO;
   fake.end_after = -1;
   atomic_store(&fake.probes, 0);
   atomic_store(&fake.fetches, 0);
@@ -242,7 +245,7 @@ static int fake_fetch_chunks(struct archive *a, uint64_t offset,
     size_t len = a->gz_len - pos < CHUNK_SIZE ? a->gz_len - pos : CHUNK_SIZE;
 
     if (fake.fail_after >= 0 && pos >= (size_t)fake.fail_after)
-      return -EIO;
+      return fake.fail_error;
     if (fake.end_after >= 0 && pos >= (size_t)fake.end_after)
       return 0;
     if (sink(sink_ctx, a->gz + pos, len) != 0)
@@ -845,6 +848,38 @@ static void test_source_failure_retried(void)
   cache_free(cache);
 }
 
+/* A handle that was served bytes of a download that then failed gets that
+ * download's error on later reads, not EIO from a second download that it
+ * may not mix with the first. A new handle downloads again. */
+static void test_failed_download_error_kept(void)
+{
+  struct archive *a = archive_new("1026", JSON_SIZE, 26, 1);
+  struct cache_file *file = NULL;
+  struct cache *cache;
+  char buf[100];
+
+  fake_add(a);
+  fake.fail_after = (long)(a->gz_len / 3);
+  fake.fail_error = -ENOSPC;
+  cache = open_cache(0);
+  CHECK(cache_open(cache, a->gid, &file) == 0);
+  CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), 0) == sizeof(buf));
+  CHECK(memcmp(buf, a->json, sizeof(buf)) == 0);
+  CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), a->json_len - 100) ==
+        -ENOSPC);
+  wait_idle(cache, a->gid);
+
+  fake.fail_after = -1;
+  CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), a->json_len - 100) ==
+        -ENOSPC);
+  CHECK(atomic_load(&fake.fetches) == 1);
+  cache_close(file);
+
+  CHECK(read_archive(cache, a, 0) == 0);
+  CHECK(atomic_load(&fake.fetches) == 2);
+  cache_free(cache);
+}
+
 static void test_multi_member_archive(void)
 {
   struct archive *a = archive_new("1014", JSON_SIZE, 14, 3);
@@ -1260,6 +1295,7 @@ static const struct test_case tests[] = {
   { "garbage after member", test_garbage_after_member },
   { "truncated archive", test_truncated_archive },
   { "source failure retried", test_source_failure_retried },
+  { "failed download error kept", test_failed_download_error_kept },
   { "multi-member archive", test_multi_member_archive },
   { "zero padding ignored", test_zero_padding_ignored },
   { "bomb stopped", test_bomb_stopped },

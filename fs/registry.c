@@ -83,11 +83,11 @@ static double monotonic_now(void)
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Seconds for which a failed refresh answers again without a new request.
- * When a lookup of a cached name fails, the kernel drops the name and at
- * once looks it up a second time; without this, a reader would wait out
- * the timeout twice before seeing the error. Short enough that an API that
- * is back is used on the next read. */
+/* Seconds for which a failed refresh returns its error again without a new
+ * request. When a lookup of a cached name fails, the kernel drops the name
+ * and at once looks it up a second time, so without this a reader would
+ * wait out the timeout twice before it saw the error. The time is short, so
+ * the next read uses an API that is back. */
 #define FAILURE_REUSE_S 1.0
 
 static bool failed_recently(double failed_at)

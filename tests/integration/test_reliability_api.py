@@ -22,6 +22,8 @@ TIMEOUT = 12
 FAIL_WITHIN = TIMEOUT + 8
 # The timeout of the mount that meets 429 storms and 5xx bursts.
 RATE_TIMEOUT = 10
+# Ways to stop a mount while reads are in flight.
+STOP_METHODS = ("SIGTERM", "fusermount3 -u", "fusermount3 -uz")
 
 
 class ApiFaultTest(ArchiveTestCase):
@@ -89,8 +91,9 @@ class ApiFaultTest(ArchiveTestCase):
                 else:
                     self.standin.pause()
                 for name, command in reads.items():
-                    # A failed refresh answers again for 1 s without a new
-                    # request; the pause lets each read wait on its own.
+                    # A failed refresh returns its error again for 1 s
+                    # without a new request, so a pause lets each read wait
+                    # on its own.
                     time.sleep(1.5)
 
                     def trial():
@@ -223,15 +226,15 @@ class ApiFaultTest(ArchiveTestCase):
         compressed = os.path.getsize(self.archive)
         trials = Trials(self, "fusermount3 -u, -uz or SIGTERM during reads")
         for index in range(9):
-            how = ("SIGTERM", "fusermount3 -u", "fusermount3 -uz")[index % 3]
+            stop_method = STOP_METHODS[index % len(STOP_METHODS)]
 
             def trial():
-                self.unmount_during_reads(index, gid, compressed, how)
-            trials.run(how, trial)
+                self.unmount_during_reads(index, gid, compressed, stop_method)
+            trials.run(stop_method, trial)
         trials.finish("process exited within %d s of the last reader; no stale "
                       "mount; no reader got short data" % FAIL_WITHIN)
 
-    def unmount_during_reads(self, index, gid, compressed, how):
+    def unmount_during_reads(self, index, gid, compressed, stop_method):
         mount = self.mount(name="m%d" % index)
         path = mount.p("orgs", ORG, "exports", gid, "export.json")
         forget_export(mount, gid)
@@ -249,34 +252,39 @@ class ApiFaultTest(ArchiveTestCase):
             mount.cache_dir, "data", gid, "export.json.part")), 30,
             what="the download to start")
         time.sleep(self.rng.uniform(0.2, 2.0))
+
         proc = mount.proc
-        if how == "SIGTERM":
+        if stop_method == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
         else:
-            command = ["fusermount3", how.split()[1], mount.path]
+            command = ["fusermount3", stop_method.split()[1], mount.path]
             result = run(command, check=False, timeout=60)
-            print("%s: exit status %d %s" % (how, result.returncode,
+            print("%s: exit status %d %s" % (stop_method, result.returncode,
                                              result.stderr.strip()))
-            if how == "fusermount3 -u" and result.returncode != 0:
+            if stop_method == "fusermount3 -u" and result.returncode != 0:
                 # Busy: the mount must keep serving the readers, and a
                 # second unmount after them must work.
                 self.assertIn("busy", result.stderr)
                 self.standin.clear_faults()
+
         for reader in readers:
             seen = watch(reader, FAIL_WITHIN + 60)
-            self.assertIsNotNone(seen.seconds, "a reader hangs after %s" % how)
+            self.assertIsNotNone(seen.seconds,
+                                 "a reader hangs after %s" % stop_method)
         for reader, output in zip(readers, outputs):
             if reader.returncode == 0:
                 self.assertEqual(sha256_file(output), self.sha,
                                  "a reader that succeeded got every byte")
-        if how == "fusermount3 -u" and in_mountinfo(mount.path):
+        if stop_method == "fusermount3 -u" and in_mountinfo(mount.path):
             self.assertTrue(all(r.returncode == 0 for r in readers),
                             "a busy mount kept serving its readers")
             run(["fusermount3", "-u", mount.path], timeout=60)
+
         seen = watch(proc, FAIL_WITHIN)
-        self.assertIsNotNone(seen.seconds, "asanafs exits after %s" % how)
+        self.assertIsNotNone(seen.seconds,
+                             "asanafs exits after %s" % stop_method)
         print("%s: readers exited %s; asanafs exited %.1f s after them"
-              % (how, [r.returncode for r in readers], seen.seconds))
+              % (stop_method, [r.returncode for r in readers], seen.seconds))
         mount.proc = None
         self.assertFalse(in_mountinfo(mount.path), "no stale mount")
         self.standin.clear_faults()

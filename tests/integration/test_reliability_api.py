@@ -237,14 +237,16 @@ class ApiFaultTest(ArchiveTestCase):
         first.stop()
         compressed = os.path.getsize(self.archive)
         trials = Trials(self, "fusermount3 -u, -uz or SIGTERM during reads")
+        self.slowest_exit = 0.0
         for index in range(9):
             stop_method = STOP_METHODS[index % len(STOP_METHODS)]
 
             def trial():
                 self.unmount_during_reads(index, gid, compressed, stop_method)
             trials.run(stop_method, trial)
-        trials.finish("process exited within %d s of the last reader; no stale "
-                      "mount; no reader got short data" % FAIL_WITHIN)
+        trials.finish("asanafs exited within %.1f s (bound %d s); no stale "
+                      "mount; no reader got short data"
+                      % (self.slowest_exit, FAIL_WITHIN))
 
     def unmount_during_reads(self, index, gid, compressed, stop_method):
         mount = self.mount(name="m%d" % index)
@@ -266,8 +268,13 @@ class ApiFaultTest(ArchiveTestCase):
         time.sleep(self.rng.uniform(0.2, 2.0))
 
         proc = mount.proc
+        # The exit is timed from the signal, from a successful unmount, or
+        # for a lazy unmount from the last reader's exit, which releases
+        # the mount.
+        proc_seen = None
         if stop_method == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
+            proc_seen = watch(proc, FAIL_WITHIN)
         else:
             command = ["fusermount3", stop_method.split()[1], mount.path]
             result = run(command, check=False, timeout=60)
@@ -292,11 +299,14 @@ class ApiFaultTest(ArchiveTestCase):
                             "a busy mount kept serving its readers")
             run(["fusermount3", "-u", mount.path], timeout=60)
 
-        seen = watch(proc, FAIL_WITHIN)
-        self.assertIsNotNone(seen.seconds,
-                             "asanafs exits after %s" % stop_method)
-        print("%s: readers exited %s; asanafs exited %.1f s after them"
-              % (stop_method, [r.returncode for r in readers], seen.seconds))
+        if proc_seen is None:
+            proc_seen = watch(proc, FAIL_WITHIN)
+        self.assertIsNotNone(proc_seen.seconds, "asanafs exits within %d s "
+                             "after %s" % (FAIL_WITHIN, stop_method))
+        exit_seconds = proc_seen.seconds
+        self.slowest_exit = max(self.slowest_exit, exit_seconds)
+        print("%s: readers exited %s; asanafs exited after %.1f s"
+              % (stop_method, [r.returncode for r in readers], exit_seconds))
         mount.proc = None
         self.assertFalse(in_mountinfo(mount.path), "no stale mount")
         self.standin.clear_faults()

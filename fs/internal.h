@@ -119,6 +119,12 @@ void registry_free(struct registry *registry);
 /* Modification time of the workspace list (the root and orgs/). */
 time_t registry_orgs_mtime(struct registry *registry);
 
+/* Marks the calling thread as serving a getattr (or lookup) while ON is
+ * true. There, a refresh that failed slowly in the last second returns its
+ * error again without a new request, because the kernel repeats a failed
+ * lookup at once. Other operations always ask again. */
+void registry_set_in_getattr(bool on);
+
 int registry_list_workspaces(struct registry *registry, struct gid_list *out);
 
 /* Fills OUT (when not NULL) with a copy of a workspace. -ENOENT if the

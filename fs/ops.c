@@ -105,8 +105,12 @@ static int fs_getattr(const char *path, struct stat *st,
                       struct fuse_file_info *fi)
 {
   struct node node;
+  int rc;
 
-  return find_node(path, fi, &node, st);
+  registry_set_in_getattr(true);
+  rc = find_node(path, fi, &node, st);
+  registry_set_in_getattr(false);
+  return rc;
 }
 
 struct fill_state {

@@ -83,16 +83,38 @@ static double monotonic_now(void)
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Seconds for which a failed refresh returns its error again without a new
- * request. When a lookup of a cached name fails, the kernel drops the name
- * and at once looks it up a second time, so without this a reader would
- * wait out the timeout twice before it saw the error. The time is short, so
- * the next read uses an API that is back. */
+/* In a getattr, a refresh that failed after at least SLOW_FAILURE_S
+ * seconds (a timeout, or retries of an API that is down) returns its error
+ * again for FAILURE_REUSE_S seconds without a new request. When the lookup
+ * of a cached name fails, the kernel drops the name and at once looks it up
+ * a second time, so without this a reader would wait out the timeout twice
+ * before it saw the error. Opens, reads and listings always ask again, so
+ * an API that is back is used at once, and a quick failure such as a bad
+ * reply is never reused. */
+#define SLOW_FAILURE_S 1.0
 #define FAILURE_REUSE_S 1.0
+
+/* Set while this thread serves a getattr; see registry_set_in_getattr(). */
+static __thread bool in_getattr;
+
+void registry_set_in_getattr(bool on)
+{
+  in_getattr = on;
+}
+
+/* Returns when a refresh that began at STARTED and ended with RC may be
+ * reused as a failure, or 0 when it may not. */
+static double reusable_failure_at(int rc, double started)
+{
+  double now = monotonic_now();
+
+  return rc < 0 && now - started >= SLOW_FAILURE_S ? now : 0;
+}
 
 static bool failed_recently(double failed_at)
 {
-  return failed_at > 0 && monotonic_now() - failed_at < FAILURE_REUSE_S;
+  return in_getattr && failed_at > 0 &&
+         monotonic_now() - failed_at < FAILURE_REUSE_S;
 }
 
 bool gid_valid(const char *s)
@@ -402,6 +424,7 @@ out:
 /* Makes sure the workspace list is as fresh as asked. */
 static int sync_workspaces(struct registry *r, enum freshness freshness)
 {
+  double started;
   int rc;
 
   pthread_mutex_lock(&r->lock);
@@ -429,12 +452,13 @@ static int sync_workspaces(struct registry *r, enum freshness freshness)
   r->workspaces_refreshing = true;
   pthread_mutex_unlock(&r->lock);
 
+  started = monotonic_now();
   rc = fetch_workspaces(r);
 
   pthread_mutex_lock(&r->lock);
   r->workspaces_refreshing = false;
   r->workspaces_result = rc;
-  r->workspaces_failed_at = rc < 0 ? monotonic_now() : 0;
+  r->workspaces_failed_at = reusable_failure_at(rc, started);
   r->workspaces_generation++;
   pthread_cond_broadcast(&r->refreshed);
   pthread_mutex_unlock(&r->lock);
@@ -749,6 +773,7 @@ static int sync_export(struct registry *r, const char *org, const char *gid,
                        enum freshness freshness)
 {
   struct known_export *e;
+  double started;
   int rc;
 
   pthread_mutex_lock(&r->lock);
@@ -775,12 +800,13 @@ static int sync_export(struct registry *r, const char *org, const char *gid,
   e->refreshing = true;
   pthread_mutex_unlock(&r->lock);
 
+  started = monotonic_now();
   rc = fetch_export(r, org, gid);
 
   pthread_mutex_lock(&r->lock);
   e->refreshing = false;
   e->refresh_result = rc;
-  e->failed_at = rc < 0 ? monotonic_now() : 0;
+  e->failed_at = reusable_failure_at(rc, started);
   e->refresh_generation++;
   if (e->forgotten)
     free_export(e);

@@ -102,8 +102,8 @@ void registry_set_in_getattr(bool on)
   in_getattr = on;
 }
 
-/* Returns when a refresh that began at STARTED and ended with RC may be
- * reused as a failure, or 0 when it may not. */
+/* Returns the monotonic time at which a refresh that began at STARTED
+ * failed with RC, when it failed slowly enough to be reused, or else 0. */
 static double reusable_failure_at(int rc, double started)
 {
   double now = monotonic_now();

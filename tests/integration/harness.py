@@ -9,6 +9,7 @@ stalling the suite.
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,18 @@ def wait_for(predicate, timeout, interval=0.1, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+def is_listed_mount(path):
+    """Tells whether PATH is a mount point in /proc/self/mountinfo, which
+    also lists mounts whose FUSE process has died."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = re.sub(r"\\([0-7]{3})",
+                           lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point == path:
+                return True
+    return False
 
 
 class Mount:
@@ -120,6 +133,9 @@ class Mount:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        # A process that died leaves a mount that os.path.ismount() cannot
+        # stat, so look it up in the mount table instead.
+        if is_listed_mount(self.path):
             subprocess.run(["fusermount3", "-uz", self.path],
                            capture_output=True, timeout=30)
         self.proc = None

@@ -1028,7 +1028,8 @@ static void test_paging_repeated_offset(void)
 
 struct endless_ctx {
   long delay_ms;        /* before each reply */
-  int pages;            /* pages served; only the server thread uses it */
+  atomic_int pages;     /* pages served; the test reads it while the
+                         * server thread may still serve a page */
 };
 
 /* Serves 100 new workspaces and a new offset on every page, without end.
@@ -1037,7 +1038,7 @@ static void endless_pages_handler(struct server *s, int index,
                                   const struct request *req, int fd)
 {
   struct endless_ctx *ctx = s->ctx;
-  int page = ctx->pages++;
+  int page = atomic_fetch_add(&ctx->pages, 1);
   char *body = malloc(16384);
   size_t len = 0;
 
@@ -1073,7 +1074,7 @@ static void test_paging_item_cap(void)
   rc = client_list_workspaces(c, &list, &err);
   CHECK_RESULT(rc, CLIENT_ERR_REPLY, err);
   CHECK(strstr(err.message, "more than 100000 workspaces") != NULL);
-  CHECK(ctx.pages == 1001);
+  CHECK(atomic_load(&ctx.pages) == 1001);
   CHECK(list.count == 0);
   client_free(c);
   server_stop(&api);
@@ -1105,7 +1106,7 @@ static void test_paging_deadline(void)
   CHECK(strstr(err.message, "the listing took longer than its limit of 2 s") !=
         NULL);
   CHECK(strstr(err.message, "max_call_s") != NULL);
-  CHECK(ctx.pages >= 5);
+  CHECK(atomic_load(&ctx.pages) >= 5);
   CHECK(elapsed >= 1.9);
   CHECK(elapsed < 3);
   CHECK(list.count == 0);

@@ -125,6 +125,7 @@ static void free_context(struct fs_context *ctx)
 {
   if (ctx->client)
     client_shutdown(ctx->client);
+  ops_release_handles();
   cache_free(ctx->cache);
   registry_free(ctx->registry);
   client_free(ctx->client);

@@ -290,4 +290,9 @@ int node_get_xattrs(struct fs_context *ctx, const struct node *node,
 
 extern const struct fuse_operations fs_operations;
 
+/* Frees the file and folder handles that are still open, which closes
+ * their cache files. Call it only once the FUSE loop has ended and before
+ * the cache is freed. */
+void ops_release_handles(void);
+
 #endif

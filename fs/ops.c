@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +18,11 @@
 
 #include "log.h"
 
-/* A file handle: what one open of a file reads or writes. Its node comes
- * first, as in a folder handle, so that locate() reads either kind. */
+/* A file or folder handle: what one open reads or writes. Its node comes
+ * first, so that locate() reads the node of either kind. */
 struct open_file {
   struct node node;
+  struct open_file *prev, *next;  /* guarded by handles_lock */
   enum node_io io;
   enum cache_kind kind;
   struct cache_file *data;        /* IO_CACHE */
@@ -33,6 +35,35 @@ struct open_file {
   int fd;                         /* IO_CACHE: the complete file, or -1 */
   uint64_t fd_size;               /* its size */
 };
+
+/* Every open file and folder handle. libfuse calls no release for the
+ * handles still open when the file system stops (SIGTERM, or a forced
+ * unmount), so ops_release_handles() frees those from this list. */
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct open_file *handles;   /* guarded by handles_lock */
+
+static void track_handle(struct open_file *file)
+{
+  pthread_mutex_lock(&handles_lock);
+  file->prev = NULL;
+  file->next = handles;
+  if (handles)
+    handles->prev = file;
+  handles = file;
+  pthread_mutex_unlock(&handles_lock);
+}
+
+static void untrack_handle(struct open_file *file)
+{
+  pthread_mutex_lock(&handles_lock);
+  if (file->prev)
+    file->prev->next = file->next;
+  else
+    handles = file->next;
+  if (file->next)
+    file->next->prev = file->prev;
+  pthread_mutex_unlock(&handles_lock);
+}
 
 static struct fs_context *context(void)
 {
@@ -160,24 +191,29 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
 
 static int fs_opendir(const char *path, struct fuse_file_info *fi)
 {
-  struct node *handle_node;
+  struct open_file *folder;
   struct stat st;
   struct node node;
   int rc = find_folder(path, NULL, &node, &st);
 
   if (rc < 0)
     return rc;
-  handle_node = malloc(sizeof(*handle_node));
-  if (!handle_node)
+  folder = calloc(1, sizeof(*folder));
+  if (!folder)
     return -ENOMEM;
-  *handle_node = node;
-  fi->fh = (uint64_t)(uintptr_t)handle_node;
+  folder->node = node;
+  folder->io = IO_DIR;
+  track_handle(folder);
+  fi->fh = (uint64_t)(uintptr_t)folder;
   return 0;
 }
 
 static int fs_releasedir(const char *path, struct fuse_file_info *fi)
 {
-  free((void *)(uintptr_t)fi->fh);
+  struct open_file *folder = handle(fi);
+
+  untrack_handle(folder);
+  free(folder);
   return 0;
 }
 
@@ -282,6 +318,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
     free_open_file(file);
     return rc;
   }
+  track_handle(file);
   fi->fh = (uint64_t)(uintptr_t)file;
   return 0;
 }
@@ -421,8 +458,23 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 
 static int fs_release(const char *path, struct fuse_file_info *fi)
 {
-  free_open_file(handle(fi));
+  struct open_file *file = handle(fi);
+
+  untrack_handle(file);
+  free_open_file(file);
   return 0;
+}
+
+void ops_release_handles(void)
+{
+  struct open_file *file;
+
+  pthread_mutex_lock(&handles_lock);
+  while ((file = handles) != NULL) {
+    handles = file->next;
+    free_open_file(file);
+  }
+  pthread_mutex_unlock(&handles_lock);
 }
 
 /* Returns the errno for changing a node: ENOENT when it does not exist,

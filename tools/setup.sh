@@ -1,14 +1,17 @@
 #!/bin/sh
-# Installs what asanafs needs on Debian 12 and builds it into ./build.
+# Installs what asanafs and its tests need on Debian 12 (clang and its
+# libFuzzer runtime for the fuzz build) and builds asanafs into ./build.
 set -eu
 cd "$(dirname "$0")/.."
 
 # attr brings getfattr for the extended attribute tests, man-db and
 # groff-base render the man page, systemd brings systemd-analyze for the
 # unit files in contrib/, and util-linux brings mount -T and unshare for
-# the fstab test. valgrind checks the bad server replies for leaks.
-packages="gcc meson ninja-build pkg-config libfuse3-dev fuse3
-  libcurl4-openssl-dev libjansson-dev zlib1g-dev python3 rsync gzip
+# the fstab test. valgrind checks the bad server replies for leaks, and
+# libclang-rt-14-dev holds clang's libFuzzer runtime.
+packages="gcc clang libclang-rt-14-dev meson ninja-build pkg-config
+  libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev zlib1g-dev python3
+  rsync gzip
   attr
   man-db groff-base systemd util-linux
   valgrind"

@@ -2,8 +2,9 @@
  * libFuzzer harness for the decoding of an error reply's message (Asana's
  * {"errors":[{"message": ...}]}, or any other body a server sends with a
  * non-2xx status). The first two input bytes set the HTTP status and the
- * size of the caller's buffer, which is allocated to that exact size so
- * that AddressSanitizer catches a write past its end; the rest is the body.
+ * size of the caller's buffer, and the rest is the body. The buffer is
+ * allocated to that exact size, so AddressSanitizer catches a write past
+ * its end.
  *
  * Besides the sanitizers' checks, it aborts when the message is not one
  * non-empty line without control characters that ends inside the buffer.

@@ -5,9 +5,9 @@
  * once without and once with the download URL.
  *
  * Besides the sanitizers' checks, it aborts when the result breaks the
- * contract in client.h: a decoded record has a gid of digits, strings that
+ * contract in client.h. A decoded record has a gid of digits, strings that
  * end inside their arrays, a record copy without download_url, and a
- * download URL only when one was requested; a failed call leaves the
+ * download URL only when one was requested. A failed call leaves the
  * struct zeroed.
  */
 #include "client.h"

@@ -1,9 +1,9 @@
 /*
- * libFuzzer harness for the cache's streaming inflate: arbitrary bytes are
- * served as an export archive by a fake source, and the cache downloads,
- * inflates and stores them through its real code (download thread, part
- * files, meta, readers waiting for ranges), as asanafs does with an
- * archive from the storage host.
+ * libFuzzer harness for the cache's streaming inflate. A fake source serves
+ * arbitrary bytes as an export archive. The cache downloads, inflates and
+ * stores them through its real code (download thread, part files, meta,
+ * readers waiting for ranges), as asanafs does with an archive from the
+ * storage host.
  *
  * The fake source reports the input's size and last 8 bytes as the probe
  * would, and feeds the input in chunks whose lengths vary with the input,

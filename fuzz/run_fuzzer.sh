@@ -22,8 +22,8 @@ log="$work/fuzz.log"
   "$work/corpus" "$corpus" >"$log" 2>&1
 status=$?
 
-# The whole log has a line per new input; show the start, the end and the
-# counts, or everything after the first report when it failed.
+# The whole log has a line per new input, so only the start, the end and
+# the counts are shown, or everything after the first report on failure.
 executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
 if [ "$status" -eq 0 ]; then
   grep -m 3 -E '^INFO: (Seed|seed corpus)|INITED' "$log"

@@ -214,11 +214,11 @@ static void test_names_collisions(void)
 
 static void test_names_long(void)
 {
-  char name[400], prefix[400];
+  char name[2 * 200 + 1], prefix[400];
   struct named_workspace items[2];
 
   /* 200 two-byte characters: cut to fit NAME_MAX with a suffix, never in
-   * the middle of a character. */
+   * the middle of a character. NAME has room for them and the NUL. */
   name[0] = '\0';
   for (int i = 0; i < 200; i++)
     strcat(name, "\xc3\xa9");

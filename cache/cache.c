@@ -2153,6 +2153,12 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
       continue;
     }
     if (!e->downloading && !e->busy) {
+      /* A handle served by a download that failed would get EIO from any
+       * later download (check_same_download), so it starts none. Otherwise a
+       * late request of such a handle would leave a download running that
+       * only a new open could use, begun before the source recovered. */
+      if (file->served_download != 0)
+        return -EIO;
       ret = start_download(cache, e, &download);
       if (ret < 0)
         return ret;

@@ -793,6 +793,45 @@ static void test_corrupt_archive_retried(void)
   cache_free(cache);
 }
 
+/* A handle that was served bytes of a download that then failed gets EIO
+ * on every later read, and such a read starts no new download. */
+static void test_failed_handle_starts_nothing(void)
+{
+  struct archive *good = archive_new("1026", JSON_SIZE, 26, 1);
+  struct archive *bad = archive_copy(good, good->gid);
+  struct cache_file *file = NULL, *fresh = NULL;
+  struct cache_status status;
+  struct cache *cache;
+  char buf[100];
+
+  for (size_t i = bad->gz_len / 2; i < bad->gz_len / 2 + 64; i++)
+    bad->gz[i] ^= 0x55;
+  fake_add(bad);
+  cache = open_cache(0);
+  CHECK(cache_open(cache, bad->gid, &file) == 0);
+  CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), 0) == sizeof(buf));
+  CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), good->json_len - 100) ==
+        -EIO);
+  wait_idle(cache, bad->gid);
+  CHECK(atomic_load(&fake.fetches) == 1);
+
+  fake.archives[0] = good;
+  archive_free(bad);
+  CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), 0) == -EIO);
+  cache_get_status(cache, good->gid, &status);
+  CHECK(!status.downloading);
+  CHECK(atomic_load(&fake.fetches) == 1);
+
+  CHECK(cache_open(cache, good->gid, &fresh) == 0);
+  CHECK(read_and_compare(fresh, cache, CACHE_JSON, good->json, good->json_len,
+                         0) == 0);
+  wait_idle(cache, good->gid);
+  CHECK(atomic_load(&fake.fetches) == 2);
+  cache_close(fresh);
+  cache_close(file);
+  cache_free(cache);
+}
+
 static void test_garbage_after_member(void)
 {
   struct archive *a = archive_new("1011", 200000, 11, 1);
@@ -1294,6 +1333,7 @@ static const struct test_case tests[] = {
   { "remount serves complete", test_remount_serves_complete },
   { "second mount rejected", test_second_mount_rejected },
   { "corrupt archive retried", test_corrupt_archive_retried },
+  { "failed handle starts nothing", test_failed_handle_starts_nothing },
   { "garbage after member", test_garbage_after_member },
   { "truncated archive", test_truncated_archive },
   { "source failure retried", test_source_failure_retried },

@@ -365,6 +365,7 @@ static bool apply_workspaces(struct registry *r,
       continue;
     if (listed_before(fresh, *count, item->gid)) {
       free(item->json);
+      free(item->name);
       memset(item, 0, sizeof(*item));
       duplicates++;
       continue;

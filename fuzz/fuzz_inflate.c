@@ -10,10 +10,11 @@
  * so gzip headers, members and trailers get split at many places.
  *
  * Besides the sanitizers' checks, it aborts when the cache disagrees with
- * a reference inflate written here with zlib: a read of export.json to
+ * a reference inflate written here with zlib. A read of export.json to
  * its end must succeed exactly when the input is one or more complete gzip
- * members, optionally followed by zero bytes, and must then return what the
- * reference inflated. After such a read export.json.gz must equal the
+ * members, optionally followed by zero bytes, that inflate to no more than
+ * the cache's gzip bomb limit. It must then return what the reference
+ * inflated. After such a read export.json.gz must equal the
  * input.
  *
  * The cache folder is created under $TMPDIR, or /dev/shm when it exists,
@@ -50,16 +51,19 @@ static unsigned long next_gid = 1000;
 
 /* ---- Fake source -------------------------------------------------------- */
 
-static int fake_probe(void *ctx, const char *gid, uint64_t *archive_size,
-                      unsigned char trailer[8])
+static int fake_probe(void *ctx, const char *gid, struct cache_probe *probe)
 {
   const struct archive *a = ctx;
 
   /* The client fails the same way when fewer than 8 bytes arrive. */
   if (a->size < 8)
     return -EIO;
-  *archive_size = a->size;
-  memcpy(trailer, a->data + a->size - 8, 8);
+  probe->archive_size = a->size;
+  memcpy(probe->trailer, a->data + a->size - 8, 8);
+  if (probe->head && a->size >= probe->head_from) {
+    probe->head_len = a->size < probe->head_cap ? a->size : probe->head_cap;
+    memcpy(probe->head, a->data, probe->head_len);
+  }
   return 0;
 }
 
@@ -99,6 +103,9 @@ static int fake_fetch(void *ctx, const char *gid, uint64_t offset,
     if (sink(sink_ctx, a->data + pos, len) != 0)
       return -ECANCELED;
     pos += len;
+    /* A pause in the data, as when the network stalls. */
+    if (next_random(&state) % 4 == 0 && sink(sink_ctx, NULL, 0) != 0)
+      return -ECANCELED;
   }
   return 0;
 }
@@ -181,6 +188,19 @@ static bool reference_inflate(const struct archive *a, struct output *out)
   }
   inflateEnd(&z);
   return ok;
+}
+
+/* Returns how many bytes the cache lets an archive inflate to: the size
+ * its trailer states, and past it up to INFLATE_RATIO_MAX (256 in
+ * cache.c) times the archive's size, as this harness sets no cache limit. */
+static uint64_t inflate_limit(const struct archive *a)
+{
+  const uint8_t *isize = a->data + a->size - 4;
+  uint64_t stated = (uint64_t)isize[0] | (uint64_t)isize[1] << 8 |
+                    (uint64_t)isize[2] << 16 | (uint64_t)isize[3] << 24;
+  uint64_t ratio_limit = (uint64_t)a->size * 256;
+
+  return stated > ratio_limit ? stated : ratio_limit;
 }
 
 /* ---- The cache ---------------------------------------------------------- */
@@ -305,7 +325,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     setup();
   current.data = data;
   current.size = size;
-  valid = reference_inflate(&current, &expected);
+  valid = reference_inflate(&current, &expected) &&
+          expected.len <= inflate_limit(&current);
   if (expected.too_long) {
     free(expected.data);
     return 0;

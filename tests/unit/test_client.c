@@ -384,6 +384,10 @@ static int sink_append(void *ctx, const void *buf, size_t len)
 {
   struct sink_buffer *sink = ctx;
 
+  /* A pause in the data (BUF NULL) adds nothing, and memcpy() may not
+   * be passed NULL even for 0 bytes. */
+  if (len == 0)
+    return 0;
   if (sink->len + len > sink->cap) {
     sink->cap = (sink->len + len) * 2;
     sink->data = realloc(sink->data, sink->cap);

@@ -794,7 +794,7 @@ static void test_corrupt_archive_retried(void)
 }
 
 /* A handle that was served bytes of a download that then failed gets EIO
- * on every later read, and such a read starts no new download. */
+ * on every later read, and such a read starts no new probe or download. */
 static void test_failed_handle_starts_nothing(void)
 {
   struct archive *good = archive_new("1026", JSON_SIZE, 26, 1);
@@ -803,6 +803,7 @@ static void test_failed_handle_starts_nothing(void)
   struct cache_status status;
   struct cache *cache;
   char buf[100];
+  int probes;
 
   for (size_t i = bad->gz_len / 2; i < bad->gz_len / 2 + 64; i++)
     bad->gz[i] ^= 0x55;
@@ -817,10 +818,12 @@ static void test_failed_handle_starts_nothing(void)
 
   fake.archives[0] = good;
   archive_free(bad);
+  probes = atomic_load(&fake.probes);
   CHECK(cache_read(file, CACHE_JSON, buf, sizeof(buf), 0) == -EIO);
   cache_get_status(cache, good->gid, &status);
   CHECK(!status.downloading);
   CHECK(atomic_load(&fake.fetches) == 1);
+  CHECK(atomic_load(&fake.probes) == probes);
 
   CHECK(cache_open(cache, good->gid, &fresh) == 0);
   CHECK(read_and_compare(fresh, cache, CACHE_JSON, good->json, good->json_len,

@@ -2146,13 +2146,6 @@ static int wait_for_range(struct cache *cache, struct cache_file *file,
         return e->download_error;
       download = 0;             /* completed, then evicted: download again */
     }
-    /* A handle served by a download that failed would get EIO from any
-     * later download (check_same_download), so it starts no probe and no
-     * download. Otherwise a late request of such a handle would leave
-     * sizes or a download, begun before the source recovered, for the
-     * next open. */
-    if (file->served_download != 0 && !e->complete && !e->downloading)
-      return -EIO;
     if (!e->known && !e->downloading) {
       ret = entry_make_known(cache, e);
       if (ret < 0)

@@ -632,17 +632,24 @@ static int reply_xattr(char *buf, size_t size, const char *data, size_t len)
   return (int)len;
 }
 
-static int fs_getxattr(const char *path, const char *name, char *value,
-                       size_t size)
+/* Finds the node at PATH and fills XATTRS with its attributes. */
+static int load_xattrs(const char *path, struct node_xattrs *xattrs)
 {
-  struct node_xattrs xattrs;
   struct stat st;
   struct node node;
   int rc = find_node(path, NULL, &node, &st);
 
   if (rc < 0)
     return rc;
-  rc = node_get_xattrs(context(), &node, &xattrs);
+  return node_get_xattrs(context(), &node, xattrs);
+}
+
+static int fs_getxattr(const char *path, const char *name, char *value,
+                       size_t size)
+{
+  struct node_xattrs xattrs;
+  int rc = load_xattrs(path, &xattrs);
+
   if (rc < 0)
     return rc;
   rc = -ENODATA;
@@ -662,13 +669,8 @@ static int fs_listxattr(const char *path, char *list, size_t size)
   struct node_xattrs xattrs;
   char names[NODE_XATTRS_MAX * 64];
   size_t len = 0;
-  struct stat st;
-  struct node node;
-  int rc = find_node(path, NULL, &node, &st);
+  int rc = load_xattrs(path, &xattrs);
 
-  if (rc < 0)
-    return rc;
-  rc = node_get_xattrs(context(), &node, &xattrs);
   if (rc < 0)
     return rc;
   for (size_t i = 0; i < xattrs.count; i++) {

@@ -1991,8 +1991,6 @@ enum client_result client_get_me(struct client *client,
 {
   struct client_error scratch = {0};
   struct buffer reply = {0};
-  json_t *root = NULL, *data;
-  const char *name;
   enum client_result rc;
 
   if (!err)
@@ -2002,22 +2000,35 @@ enum client_result client_get_me(struct client *client,
                    &reply, err);
   if (rc != CLIENT_OK)
     goto out;
-  root = load_reply(reply.data, reply.len, "GET /users/me", err);
-  if (!root) {
-    rc = CLIENT_ERR_REPLY;
-    goto out;
-  }
+  rc = client_decode_user(reply.data, reply.len, out, err);
+out:
+  buffer_free(&reply);
+  return rc;
+}
+
+enum client_result client_decode_user(const char *body, size_t len,
+                                      struct client_user *out,
+                                      struct client_error *err)
+{
+  json_t *root, *data;
+  const char *name;
+  enum client_result rc = CLIENT_OK;
+
+  memset(out, 0, sizeof(*out));
+  root = load_reply(body, len, "GET /users/me", err);
+  if (!root)
+    return CLIENT_ERR_REPLY;
   data = json_object_get(root, "data");
   if (!copy_gid(json_object_get(data, "gid"), out->gid)) {
     rc = err_set(err, CLIENT_ERR_REPLY, err->status, "the GET /users/me "
                  "reply has no user gid");
+    memset(out, 0, sizeof(*out));
     goto out;
   }
   name = json_string_value(json_object_get(data, "name"));
   snprintf(out->name, sizeof(out->name), "%s", name ? name : "");
 out:
   json_decref(root);
-  buffer_free(&reply);
   return rc;
 }
 

@@ -253,6 +253,11 @@ enum client_result client_decode_export(const char *body, size_t len,
                                         struct client_export *out,
                                         struct client_error *err);
 
+/* Decodes {"data": User}, the reply of GET /users/me. */
+enum client_result client_decode_user(const char *body, size_t len,
+                                      struct client_user *out,
+                                      struct client_error *err);
+
 /* Writes the message of an error reply, such as Asana's errors[0].message,
  * or a generic text naming STATUS when the body has none. */
 void client_decode_error_message(const char *body, size_t len, long status,

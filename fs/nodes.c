@@ -712,28 +712,40 @@ static int list_named_row(struct fs_context *ctx, struct node *child,
   return rc;
 }
 
+/* Passes CHILD to FN unless it does not exist (ENOENT, such as export.json
+ * before the export finished). Any other error fails the listing: a child
+ * left out because the network failed would look deleted to rsync
+ * --delete, while an error makes rsync skip deletion. */
+static int list_child(struct fs_context *ctx, const struct node *child,
+                      const char *name, node_child_fn fn, void *fn_ctx)
+{
+  struct stat st;
+  int rc = node_getattr(ctx, child, &st);
+
+  if (rc == -ENOENT)
+    return 0;
+  if (rc < 0)
+    return rc;
+  return fn(fn_ctx, name, &st);
+}
+
 static int list_row(struct fs_context *ctx, const struct node *dir,
                     const struct node_type *row, const char *name,
                     node_child_fn fn, void *fn_ctx)
 {
   struct gid_list gids = {0};
   struct node child = *dir;
-  struct stat st;
   int rc = 0, slot = count_params(dir->type->pattern);
 
   child.type = row;
   if (strcmp(name, "{name}") == 0)
     return list_named_row(ctx, &child, row, fn, fn_ctx);
-  if (strcmp(name, "{gid}") != 0) {
-    if (node_getattr(ctx, &child, &st) == 0)
-      rc = fn(fn_ctx, name, &st);
-    return rc;
-  }
+  if (strcmp(name, "{gid}") != 0)
+    return list_child(ctx, &child, name, fn, fn_ctx);
   rc = row->enumerate(ctx, dir, &gids);
   for (size_t i = 0; rc == 0 && i < gids.count; i++) {
     snprintf(child.param[slot], CLIENT_GID_MAX, "%s", gids.gids[i]);
-    if (node_getattr(ctx, &child, &st) == 0)
-      rc = fn(fn_ctx, gids.gids[i], &st);
+    rc = list_child(ctx, &child, gids.gids[i], fn, fn_ctx);
   }
   gid_list_clear(&gids);
   return rc;

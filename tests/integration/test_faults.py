@@ -3,6 +3,7 @@ expired downloads, corrupt archives, and refused requests."""
 
 import errno
 import os
+import shutil
 
 from harness import (ORG, ArchiveTestCase, main, read_text, run,
                      sha256_file, wait_for)
@@ -178,6 +179,33 @@ class FaultTest(ArchiveTestCase):
                  what="the size of export.json")
         wait_for(lambda: os.stat(os.path.join(folder, "export.json.gz")).st_size
                  == gz_size, 5, what="the size of export.json.gz")
+
+    def test_failed_probe_keeps_backup_copy(self):
+        mount = self.mount(options=["timeout=5"])
+        gid = self.create_export(mount)
+        self.wait_state(mount, ORG, gid, "finished")
+        backup = os.path.join(self.workdir, "backup")
+        run(["rsync", "-a", mount.path + "/", backup + "/"], timeout=300)
+        copy = os.path.join(backup, "orgs", ORG, "exports", gid, "export.json")
+        self.assertEqual(sha256_file(copy), self.sha)
+        # Without its cached data the next mount must probe the size again,
+        # and the storage host fails.
+        mount.stop()
+        shutil.rmtree(os.path.join(mount.cache_dir, "data", gid))
+        mount = self.mount(options=["timeout=5"], name="again")
+        self.standin.fault(storage_reply={"status": 503, "body": "busy",
+                                          "count": -1})
+        folder = mount.p("orgs", ORG, "exports", gid)
+        with self.assertRaises(OSError) as caught:
+            os.listdir(folder)
+        self.assertEqual(caught.exception.errno, errno.EIO)
+        result = run(["rsync", "-a", "--delete", mount.path + "/",
+                      backup + "/"], timeout=300, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(sha256_file(copy), self.sha,
+                         "rsync --delete removed the backup's copy")
+        self.standin.clear_faults()
+        self.assertIn("export.json", os.listdir(folder))
 
     def test_api_down_keeps_mount(self):
         mount = self.mount(options=["timeout=3", "state_ttl=0"])

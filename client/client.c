@@ -1216,7 +1216,7 @@ static size_t on_write(char *data, size_t size, size_t count, void *userdata)
 
 /* Aborts the transfer once client_shutdown() was called. libcurl calls
  * this after each burst of received data and about once a second while
- * none arrives, which is when a download's sink is told of a pause. */
+ * none arrives, which is when a download's sink learns of a pause. */
 static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
                        curl_off_t ultotal, curl_off_t ulnow)
 {

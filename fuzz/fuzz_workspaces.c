@@ -4,7 +4,7 @@
  * appends to a list that is already filled, as paging does.
  *
  * Besides the sanitizers' checks, it aborts when a decoded page breaks the
- * contract in client.h: every workspace has a gid of digits and a name, a
+ * contract in client.h. Every workspace has a gid of digits and a name, a
  * failed call leaves the list as it was, and a next_page offset is
  * returned only on success.
  */

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # groff-base render the man page, systemd brings systemd-analyze for the
 # unit files in contrib/, and util-linux brings mount -T and unshare for
 # the fstab test. valgrind checks the bad server replies for leaks, and
-# libclang-rt-14-dev holds clang's libFuzzer runtime.
+# libclang-rt-14-dev contains clang's libFuzzer runtime.
 packages="gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev zlib1g-dev python3
   rsync gzip

@@ -14,7 +14,7 @@ The errno expected for a name that does not exist, by operation:
 | open(O_CREAT), rename to           | EACCES: the tree is read-only        |
 | mkdir outside exports/             | EACCES                               |
 | mkdir exports/NAME, NAME no gid    | EINVAL: export folders are gids      |
-| mkdir exports/GID, GID unknown     | ENOENT: Asana answers 404            |
+| mkdir exports/GID, GID unknown     | ENOENT: Asana replies 404            |
 | any, name over 255 bytes           | ENAMETOOLONG                         |
 | any, parent is a file              | ENOTDIR                              |
 
